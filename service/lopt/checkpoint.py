@@ -1,0 +1,146 @@
+"""The checkpoint for *using* an optimizer: weights in safetensors plus a JSON config.
+
+On disk a checkpoint is a folder with `weights.safetensors` and `config.json`.
+The config also rides in the safetensors metadata, so the single file is
+self-describing and its sha256 (the digest) pins weights and config together.
+The checkpoint for *resuming meta-training* lives in `service.metatrain.resume`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from service.lopt.config import ConfigError, OptimizerConfig
+from service.lopt.network import weight_shapes
+
+FORMAT = "l2o-lstm/1"
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded or does not match its config."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    config: OptimizerConfig
+    weights: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        check_weights(self.config, self.weights)
+
+    def to_bytes(self) -> bytes:
+        meta = {"format": FORMAT, "config": json.dumps(self.config.to_dict(), sort_keys=True)}
+        tensors = {k: v.detach().to(torch.float32, copy=True).contiguous().cpu() for k, v in self.weights.items()}
+        return st_save(tensors, metadata=meta)
+
+    @property
+    def digest(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        data = self.to_bytes()
+        (directory / WEIGHTS_FILE).write_bytes(data)
+        doc = {"format": FORMAT, "sha256": sha256_hex(data), "config": self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Checkpoint:
+        directory = Path(directory)
+        if directory.is_file():
+            return cls.from_bytes(directory.read_bytes())
+        try:
+            data = (directory / WEIGHTS_FILE).read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {directory / WEIGHTS_FILE}: {exc}") from exc
+        expected = None
+        config_path = directory / CONFIG_FILE
+        if config_path.exists():
+            try:
+                doc = json.loads(config_path.read_text())
+            except ValueError as exc:
+                raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+            expected = doc.get("sha256") if isinstance(doc, dict) else None
+        return cls.from_bytes(data, expected_sha256=expected)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, config: dict[str, Any] | None = None,
+                   expected_sha256: str | None = None) -> Checkpoint:
+        """Parse and validate checkpoint bytes; `config`, when given, must match the embedded one."""
+        if expected_sha256 is not None and sha256_hex(data) != expected_sha256.lower():
+            raise CheckpointError(
+                f"digest mismatch: expected sha256 {expected_sha256}, got {sha256_hex(data)}")
+        meta = read_metadata(data)
+        embedded = meta.get("config")
+        if embedded is None and config is None:
+            raise CheckpointError("checkpoint has no config: none in its metadata and none given")
+        try:
+            cfg_dict = json.loads(embedded) if embedded is not None else config
+        except ValueError as exc:
+            raise CheckpointError(f"embedded config is not valid JSON: {exc}") from exc
+        try:
+            cfg = OptimizerConfig.from_dict(cfg_dict)
+            if config is not None and embedded is not None and OptimizerConfig.from_dict(config) != cfg:
+                raise CheckpointError("the config given does not match the config inside the checkpoint")
+        except ConfigError as exc:
+            raise CheckpointError(f"invalid config: {exc}") from exc
+        try:
+            weights = st_load(data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"not a valid safetensors file: {exc}") from exc
+        return cls(cfg, weights)
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors header's metadata, read without trusting the header's sizes."""
+    if len(data) < 8:
+        raise CheckpointError("not a valid safetensors file: shorter than its 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise CheckpointError(f"not a valid safetensors file: header length {n} exceeds the body")
+    try:
+        header = json.loads(data[8:8 + n])
+    except ValueError as exc:
+        raise CheckpointError(f"not a valid safetensors file: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError("not a valid safetensors file: header is not a JSON object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError("not a valid safetensors file: __metadata__ is not an object")
+    return meta
+
+
+def check_weights(config: OptimizerConfig, weights: dict[str, torch.Tensor]) -> None:
+    """The weights must have exactly the names and shapes the config implies, all finite floats."""
+    expected = weight_shapes(config)
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"weights do not match the config's architecture: missing {missing or 'none'}, "
+            f"unexpected {extra or 'none'}")
+    for name, shape in expected.items():
+        w = weights[name]
+        if tuple(w.shape) != shape:
+            raise CheckpointError(f"weight {name} has shape {tuple(w.shape)}, config implies {shape}")
+        if not w.dtype.is_floating_point:
+            raise CheckpointError(f"weight {name} has dtype {w.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(w).all()):
+            raise CheckpointError(f"weight {name} has NaN or infinite values")
