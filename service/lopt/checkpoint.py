@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from service.lopt.config import ConfigError, OptimizerConfig
 from service.lopt.network import weight_shapes
@@ -45,8 +44,8 @@ class Checkpoint:
 
     def to_bytes(self) -> bytes:
         meta = {"format": FORMAT, "config": json.dumps(self.config.to_dict(), sort_keys=True)}
-        tensors = {k: v.detach().to(torch.float32, copy=True).contiguous().cpu() for k, v in self.weights.items()}
-        return st_save(tensors, metadata=meta)
+        tensors = {k: v.detach().to(torch.float32) for k, v in self.weights.items()}
+        return serialize_safetensors(tensors, meta)
 
     @property
     def digest(self) -> str:
@@ -106,6 +105,26 @@ class Checkpoint:
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"not a valid safetensors file: {exc}") from exc
         return cls(cfg, weights)
+
+
+def serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with a canonical header (sorted keys), so equal content gives an equal digest.
+
+    The safetensors library orders the metadata by hash, which differs between calls.
+    """
+    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment with spaces
+    return len(head).to_bytes(8, "little") + head + b"".join(chunks)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:

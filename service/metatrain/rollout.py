@@ -1,0 +1,58 @@
+"""Run an optimizer (learned or hand-designed) on a batch of instances and record its loss curve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from service.lopt import LSTMState, OptimizerConfig, init, step
+from service.tasks.base import TaskBatch
+
+
+def _safe(loss: torch.Tensor) -> torch.Tensor:
+    # A diverged instance reports +inf rather than NaN, so means and comparisons stay ordered.
+    return torch.nan_to_num(loss.detach(), nan=float("inf"), posinf=float("inf"))
+
+
+def lstm_curve(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch, steps: int,
+               state_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Losses (steps + 1, B) on the instances' whole data, θ_0 to θ_steps, under the learned optimizer."""
+    theta = batch.init_params()
+    b, d = theta.shape
+    state: LSTMState = init(config, b * d, dtype=state_dtype, device=theta.device)
+    weights = {k: v.detach() for k, v in weights.items()}
+    curve = []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            curve.append(_safe(batch.eval_loss(theta)))
+        if t == steps:
+            break
+        theta = theta.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(batch.loss(theta, t).sum(), theta)
+        with torch.no_grad():
+            updates, state = step(config, weights, grad.reshape(-1), state)
+            theta = theta.detach() + updates.view(b, d)
+    return torch.stack(curve)
+
+
+def torch_optim_curve(make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer], batch: TaskBatch,
+                      steps: int) -> torch.Tensor:
+    """Losses (steps + 1, B) under a torch.optim optimizer.
+
+    Every torch.optim optimizer used here acts elementwise, and the summed loss
+    keeps each instance's gradient its own, so one optimizer over the (B, D)
+    tensor is B independent runs.
+    """
+    theta = batch.init_params().detach().requires_grad_()
+    opt = make_optimizer([theta])
+    curve = []
+    for t in range(steps + 1):
+        with torch.no_grad():
+            curve.append(_safe(batch.eval_loss(theta)))
+        if t == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        batch.loss(theta, t).sum().backward()
+        opt.step()
+    return torch.stack(curve)

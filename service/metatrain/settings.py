@@ -1,0 +1,41 @@
+"""Meta-training settings; the defaults are the paper's (horizon 100, unrolls of 20, Adam at 1e-3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MetaTrainSettings:
+    iterations: int = 200  # one iteration = one optimizee trajectory of `horizon` steps for a batch of instances
+    horizon: int = 100
+    unroll: int = 20
+    meta_lr: float = 1e-3
+    instances: int = 32  # optimizee instances trained on at once
+    seed: int = 0
+    grad_clip: float = 1.0
+    eval_every: int = 20
+    eval_instances: int = 16
+    resume_every: int = 10
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.iterations <= 1_000_000, "iterations must be in 1..1000000"),
+            (1 <= self.horizon <= 100_000, "horizon must be in 1..100000"),
+            (1 <= self.unroll <= self.horizon, "unroll must be in 1..horizon"),
+            (self.horizon % self.unroll == 0, "horizon must be a multiple of unroll"),
+            (0 < self.meta_lr < 1, "meta_lr must be in (0, 1)"),
+            (1 <= self.instances <= 65_536, "instances must be in 1..65536"),
+            (self.grad_clip > 0, "grad_clip must be positive"),
+            (1 <= self.eval_every, "eval_every must be >= 1"),
+            (1 <= self.eval_instances <= 65_536, "eval_instances must be in 1..65536"),
+            (1 <= self.resume_every, "resume_every must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

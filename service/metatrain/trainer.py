@@ -1,0 +1,122 @@
+"""The outer loop: Adam on the LSTM's weights over batches of sampled optimizees."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from service.lopt import Checkpoint, CoordinatewiseLSTM, OptimizerConfig, init
+from service.metatrain.resume import ResumeCheckpoint
+from service.metatrain.rollout import lstm_curve
+from service.metatrain.settings import MetaTrainSettings
+from service.metatrain.unroll import Trajectory, run_unroll
+from service.tasks.base import TaskFamily
+
+
+class MetaTrainingDiverged(RuntimeError):
+    """The meta-loss became NaN or infinite: the spec's settings do not train."""
+
+
+class MetaTrainingStopped(Exception):
+    """`should_stop` asked the loop to end (cancellation)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    iteration: int
+    total: int
+    meta_loss: float
+    eval_loss: float | None
+    seconds: float
+
+
+@dataclass
+class MetaTrainResult:
+    checkpoint: Checkpoint  # the best weights by validation loss
+    best_eval: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    optimizee_steps: int = 0
+
+    @property
+    def optimizee_steps_per_s(self) -> float:
+        return self.optimizee_steps / self.seconds if self.seconds > 0 else 0.0
+
+
+def _validation_loss(config: OptimizerConfig, weights: dict[str, torch.Tensor], family: TaskFamily,
+                     settings: MetaTrainSettings) -> float:
+    batch = family.sample(settings.eval_instances, settings.seed, "validation", device=settings.device)
+    curve = lstm_curve(config, weights, batch, settings.horizon)
+    value = float(curve[-1].mean())
+    return value if math.isfinite(value) else math.inf
+
+
+def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainSettings, *,
+               progress: Callable[[Progress], None] | None = None,
+               resume: ResumeCheckpoint | None = None,
+               on_resume_checkpoint: Callable[[ResumeCheckpoint], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> MetaTrainResult:
+    """Meta-train with truncated BPTT; reproducible for a given seed, resumable from a ResumeCheckpoint."""
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    net = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(settings.seed)).to(device)
+    meta_opt = torch.optim.Adam(net.parameters(), lr=settings.meta_lr)
+    start, best_eval, history = 0, math.inf, []
+    best_weights = {k: v.detach().clone() for k, v in net.weights().items()}
+    if resume is not None:
+        net.load_weights({k: v.to(device) for k, v in resume.weights.items()})
+        meta_opt.load_state_dict(resume.meta_optimizer)
+        torch.set_rng_state(resume.rng_state)
+        start, best_eval, history = resume.iteration, resume.best_eval, list(resume.history)
+        best_weights = {k: v.to(device).clone() for k, v in resume.best_weights.items()}
+
+    began = time.perf_counter()
+    steps_done = 0
+    n_unrolls = settings.horizon // settings.unroll
+    for it in range(start, settings.iterations):
+        if should_stop is not None and should_stop():
+            raise MetaTrainingStopped(f"stopped before iteration {it + 1}")
+        # Each iteration draws fresh instances from a seed of its own, so a resumed run sees the same ones.
+        batch = family.sample(settings.instances, settings.seed * 1_000_033 + it, "train", device=device)
+        theta = batch.init_params()
+        traj = Trajectory(theta, init(config, theta.numel(), device=device), 0)
+        total = 0.0
+        for _ in range(n_unrolls):
+            meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll)
+            if not torch.isfinite(meta_loss):
+                raise MetaTrainingDiverged(
+                    f"meta-loss became {float(meta_loss)} at iteration {it + 1}, optimizee step {traj.step}; "
+                    "try a lower meta_lr or output scale")
+            meta_opt.zero_grad(set_to_none=True)
+            meta_loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
+            meta_opt.step()
+            traj = traj.detach()
+            total += float(meta_loss.detach()) / settings.unroll
+        steps_done += settings.horizon * settings.instances
+        eval_loss = None
+        if (it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations:
+            eval_loss = _validation_loss(config, net.weights(), family, settings)
+            if eval_loss < best_eval or not math.isfinite(best_eval):
+                best_eval = eval_loss
+                best_weights = {k: v.detach().clone() for k, v in net.weights().items()}
+        record = {"iteration": it + 1, "meta_loss": total / n_unrolls}
+        if eval_loss is not None:
+            record["eval_loss"] = eval_loss
+        history.append(record)
+        if progress is not None:
+            progress(Progress(it + 1, settings.iterations, total / n_unrolls, eval_loss,
+                              time.perf_counter() - began))
+        if on_resume_checkpoint is not None and ((it + 1) % settings.resume_every == 0):
+            on_resume_checkpoint(ResumeCheckpoint(
+                it + 1, {k: v.detach().cpu().clone() for k, v in net.weights().items()},
+                copy.deepcopy(meta_opt.state_dict()), torch.get_rng_state(),
+                {k: v.cpu() for k, v in best_weights.items()}, best_eval, list(history)))
+    seconds = time.perf_counter() - began
+    checkpoint = Checkpoint(config, {k: v.detach().cpu() for k, v in best_weights.items()})
+    return MetaTrainResult(checkpoint, best_eval, history, seconds, steps_done)

@@ -1,0 +1,58 @@
+"""One truncated-BPTT unroll: run the learned optimizer for `unroll` steps and return the meta-loss.
+
+The optimizee's gradient is taken with torch.autograd.grad with respect to θ
+alone, as a fresh tensor that enters the LSTM detached: second derivatives are
+dropped (∂∇/∂φ = 0), and no later step can overwrite it in place the way
+`.grad` would be. The meta-loss is the sum over the unroll of f(θ_t) after
+each update, the last one included; the caller back-propagates it once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from service.lopt import LSTMState, OptimizerConfig
+from service.lopt.functional import step_autograd
+from service.tasks.base import TaskBatch
+
+
+@dataclass
+class Trajectory:
+    """Where an optimizee run stands between unrolls: θ (B, D), LSTM state, step count."""
+
+    theta: torch.Tensor
+    state: LSTMState
+    step: int
+
+    def detach(self) -> Trajectory:
+        return Trajectory(self.theta.detach(), self.state.detach(), self.step)
+
+
+def optimizee_gradient(batch: TaskBatch, theta: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-instance loss, ∂f/∂θ as a detached fresh tensor); the loss stays in the graph."""
+    if not theta.requires_grad:
+        theta = theta.requires_grad_()
+    loss = batch.loss(theta, step)
+    (grad,) = torch.autograd.grad(loss.sum(), theta, retain_graph=torch.is_grad_enabled() and loss.requires_grad)
+    return loss, grad.detach()
+
+
+def run_unroll(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch,
+               traj: Trajectory, unroll: int) -> tuple[torch.Tensor, Trajectory]:
+    """Advance `traj` by `unroll` steps; returns (meta-loss, new trajectory) with the graph kept."""
+    theta, state = traj.theta, traj.state
+    if not theta.requires_grad:
+        theta = theta.detach().requires_grad_()
+    b, d = theta.shape
+    meta_loss = theta.new_zeros(())
+    for t in range(unroll):
+        loss, grad = optimizee_gradient(batch, theta, traj.step + t)
+        if t > 0:
+            meta_loss = meta_loss + loss.mean()
+        updates, state = step_autograd(config, weights, grad.reshape(-1), state)
+        theta = theta + updates.view(b, d)
+    final = batch.loss(theta, traj.step + unroll)
+    meta_loss = meta_loss + final.mean()
+    return meta_loss, Trajectory(theta, state, traj.step + unroll)

@@ -1,0 +1,45 @@
+"""What a task family is: a seeded source of optimizee instances, evaluated a batch at a time.
+
+Every instance's parameters are one flat vector, so a batch is a (B, D) tensor
+and the coordinatewise optimizer sees B * D coordinates at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+SPLITS = ("train", "validation", "heldout")
+
+
+class TaskBatch(Protocol):
+    n_instances: int
+    dim: int
+
+    def init_params(self) -> torch.Tensor:
+        """Starting parameters, (B, D), the same for the same seed."""
+
+    def loss(self, theta: torch.Tensor, step: int) -> torch.Tensor:
+        """Per-instance loss (B,) at optimizee step `step` (which picks the minibatch)."""
+
+    def eval_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        """Per-instance loss (B,) on the instance's whole data: the figure reports use."""
+
+
+class TaskFamily(Protocol):
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        """The family's parameters, as they would be given to `make_family`."""
+
+    def sample(self, n_instances: int, seed: int, split: str = "train",
+               device: torch.device | str = "cpu") -> TaskBatch:
+        """`n_instances` instances drawn from `seed`; `split` keeps train and held-out apart."""
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Distinct seed streams for each split, so held-out instances are never trained on."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return (int(seed) * 1_000_003 + SPLITS.index(split) * 7_919) % (2**63 - 1)

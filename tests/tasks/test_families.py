@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from service.tasks import FAMILIES, make_family
+
+CASES = [
+    ("quadratic", {}),
+    ("mlp", {}),
+    ("mlp", {"hidden_sizes": [20, 20], "activation": "relu"}),
+    ("logistic", {}),
+    ("conv", {}),
+]
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_batched_loss_equals_each_instance_alone(name, params):
+    family = make_family(name, **params)
+    batch = family.sample(5, seed=3)
+    theta = batch.init_params() + 0.01 * torch.randn(5, batch.dim)
+    together = batch.loss(theta, step=2)
+    assert together.shape == (5,)
+    assert torch.isfinite(together).all()
+    # The same instance in a batch of one (same seed, so the same data) gives the same loss.
+    for i in [0, 4]:
+        alone = family.sample(5, seed=3)
+        alone_loss = alone.loss(theta, step=2)[i]
+        torch.testing.assert_close(alone_loss, together[i])
+    grad, = torch.autograd.grad(batch.loss(theta.requires_grad_(), 0).sum(), theta)
+    # Instance i's loss depends on instance i's parameters only.
+    theta2 = theta.detach().clone()
+    theta2[1:] += 1.0
+    torch.testing.assert_close(batch.loss(theta2, 2)[0], together[0].detach())
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_same_seed_same_instances_and_splits_differ(name, params):
+    family = make_family(name, **params)
+    a, b = family.sample(3, seed=7), family.sample(3, seed=7)
+    assert torch.equal(a.init_params(), b.init_params())
+    assert torch.equal(a.loss(a.init_params(), 5), b.loss(b.init_params(), 5))
+    held = family.sample(3, seed=7, split="heldout")
+    assert not torch.equal(a.loss(a.init_params(), 5), held.loss(held.init_params(), 5))
+
+
+def test_quadratic_matches_the_paper_definition():
+    batch = make_family("quadratic", dim=10).sample(2, seed=0)
+    theta = torch.randn(2, 10)
+    expected = ((batch.W @ theta.unsqueeze(-1)).squeeze(-1) - batch.y).pow(2).sum(1)
+    torch.testing.assert_close(batch.loss(theta, 0), expected)
+    assert batch.W.shape == (2, 10, 10)
+
+
+def test_mlp_minibatches_follow_the_step():
+    batch = make_family("mlp").sample(2, seed=0)
+    theta = batch.init_params()
+    assert not torch.equal(batch.loss(theta, 0), batch.loss(theta, 1))
+    assert batch.minibatch(0)[0].shape == (2, 128, 64)
+
+
+def test_unknown_family_and_bad_params_are_named():
+    with pytest.raises(ValueError, match="unknown task family 'nope'"):
+        make_family("nope")
+    with pytest.raises(ValueError, match="activation"):
+        make_family("mlp", activation="swish")
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_family("quadratic", width=3)
+    assert set(FAMILIES) >= {"quadratic", "mlp", "conv", "logistic"}
