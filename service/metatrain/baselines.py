@@ -38,7 +38,7 @@ def tune(name: str, family: TaskFamily, *, steps: int, n_instances: int, seed: i
     batch = family.sample(n_instances, seed, "train", device=device)
     best = TunedBaseline(name, float(grid[0]), math.inf)
     for lr in grid:
-        curve = torch_optim_curve(lambda params, lr=lr: factory(params, lr), batch, steps)
+        curve = torch_optim_curve(lambda params, lr=lr: factory(params, lr), batch, steps, final_only=True)
         score = float(curve[-1].mean())
         if math.isfinite(score) and score < best.score:
             best = TunedBaseline(name, float(lr), score)

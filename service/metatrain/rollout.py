@@ -16,16 +16,20 @@ def _safe(loss: torch.Tensor) -> torch.Tensor:
 
 
 def lstm_curve(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch, steps: int,
-               state_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Losses (steps + 1, B) on the instances' whole data, θ_0 to θ_steps, under the learned optimizer."""
+               state_dtype: torch.dtype = torch.float32, final_only: bool = False) -> torch.Tensor:
+    """Losses (steps + 1, B) on the instances' whole data, θ_0 to θ_steps, under the learned optimizer.
+
+    With `final_only`, just (1, B) at θ_steps: what validation and tuning need, at a fraction of the cost.
+    """
     theta = batch.init_params()
     b, d = theta.shape
     state: LSTMState = init(config, b * d, dtype=state_dtype, device=theta.device)
     weights = {k: v.detach() for k, v in weights.items()}
     curve = []
     for t in range(steps + 1):
-        with torch.no_grad():
-            curve.append(_safe(batch.eval_loss(theta)))
+        if t == steps or not final_only:
+            with torch.no_grad():
+                curve.append(_safe(batch.eval_loss(theta)))
         if t == steps:
             break
         theta = theta.detach().requires_grad_()
@@ -37,7 +41,7 @@ def lstm_curve(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch:
 
 
 def torch_optim_curve(make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer], batch: TaskBatch,
-                      steps: int) -> torch.Tensor:
+                      steps: int, final_only: bool = False) -> torch.Tensor:
     """Losses (steps + 1, B) under a torch.optim optimizer.
 
     Every torch.optim optimizer used here acts elementwise, and the summed loss
@@ -48,8 +52,9 @@ def torch_optim_curve(make_optimizer: Callable[[list[torch.Tensor]], torch.optim
     opt = make_optimizer([theta])
     curve = []
     for t in range(steps + 1):
-        with torch.no_grad():
-            curve.append(_safe(batch.eval_loss(theta)))
+        if t == steps or not final_only:
+            with torch.no_grad():
+                curve.append(_safe(batch.eval_loss(theta)))
         if t == steps:
             break
         opt.zero_grad(set_to_none=True)

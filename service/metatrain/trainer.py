@@ -51,7 +51,7 @@ class MetaTrainResult:
 def _validation_loss(config: OptimizerConfig, weights: dict[str, torch.Tensor], family: TaskFamily,
                      settings: MetaTrainSettings) -> float:
     batch = family.sample(settings.eval_instances, settings.seed, "validation", device=settings.device)
-    curve = lstm_curve(config, weights, batch, settings.horizon)
+    curve = lstm_curve(config, weights, batch, settings.horizon, final_only=True)
     value = float(curve[-1].mean())
     return value if math.isfinite(value) else math.inf
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from service.lopt import CoordinatewiseLSTM, OptimizerConfig, init
-from service.metatrain import MetaTrainSettings, MetaTrainingStopped, meta_train, tune
+from service.metatrain import MetaTrainingStopped, MetaTrainSettings, meta_train, tune
 from service.metatrain.naive import naive_unroll
 from service.metatrain.unroll import Trajectory, optimizee_gradient, run_unroll
 from service.tasks import make_family

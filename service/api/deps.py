@@ -1,0 +1,77 @@
+"""Typed dependencies for handlers: the database session, the caller's API key, scope checks.
+
+    def handler(db: DbSession, key: AdminKey) -> ...:      # 401 without a valid key, 403 without `admin`
+
+Handlers own the transaction: they call a service function, then `db.commit()`. A session that ends
+without commit is rolled back, so an error leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.errors import Forbidden, Unauthorized
+from service.registry import keys
+from service.registry.keys import Scope
+from service.registry.models import ApiKey
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer l2o_...`")
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as session:
+        yield session
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+DbSession = Annotated[Session, Depends(get_db)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+
+
+def current_key(request: Request, db: DbSession,
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    if credentials is None:
+        if request.headers.get("authorization"):
+            raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    return keys.authenticate(db, credentials.credentials)
+
+
+CurrentKey = Annotated[ApiKey, Depends(current_key)]
+
+
+def require_scope(scope: Scope) -> Callable[[ApiKey], ApiKey]:
+    """A dependency that passes the caller's key on when it holds `scope`, else 403."""
+    if scope not in keys.SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def key_with_scope(key: CurrentKey) -> ApiKey:
+        if not key.has_scope(scope):
+            raise Forbidden(f"this API key lacks the {scope!r} scope",
+                            detail={"required": scope, "granted": key.scopes})
+        return key
+
+    key_with_scope.scope = scope  # type: ignore[attr-defined]  # lets tests find each route's scope
+    return key_with_scope
+
+
+AdminKey = Annotated[ApiKey, Depends(require_scope("admin"))]
+OptimizeKey = Annotated[ApiKey, Depends(require_scope("optimize"))]
+TrainKey = Annotated[ApiKey, Depends(require_scope("train"))]
+
+
+def version_in_use_check(request: Request) -> Callable[[int], bool]:
+    """The app's `is_version_in_use(version_id) -> bool`; the sessions component replaces the default."""
+    return request.app.state.is_version_in_use
+
+
+VersionInUseCheck = Annotated[Callable[[int], bool], Depends(version_in_use_check)]

@@ -1,0 +1,155 @@
+"""Request and response bodies of the registry, keys and sessions API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.registry.keys import Scope
+from service.registry.models import Alias, ApiKey, Optimizer, OptimizerVersion
+from service.sessions.record import SessionInfo
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """The shape of every error response."""
+
+    error: ErrorBody
+
+
+class VersionSummary(BaseModel):
+    name: str
+    version: int
+    reference: str = Field(description="`name:version`, usable wherever a reference is accepted")
+    sha256: str
+    size: int
+    source: str = Field(description="upload, pretrained or job")
+    job_id: str | None = Field(description="the meta-training job that made this version, if any")
+    aliases: list[str]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, v: OptimizerVersion) -> VersionSummary:
+        return cls(name=v.optimizer.name, version=v.version, reference=v.reference, sha256=v.sha256, size=v.size,
+                   source=v.source, job_id=v.job_id, aliases=[a.name for a in v.aliases], created_at=v.created_at)
+
+
+class VersionDetail(VersionSummary):
+    config: dict[str, Any]
+    evaluation: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, v: OptimizerVersion) -> VersionDetail:
+        return cls(**VersionSummary.of(v).model_dump(), config=v.config, evaluation=v.evaluation)
+
+
+class OptimizerSummary(BaseModel):
+    name: str
+    latest_version: int | None
+    version_count: int
+    aliases: dict[str, int]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, o: Optimizer) -> OptimizerSummary:
+        return cls(name=o.name, latest_version=o.versions[-1].version if o.versions else None,
+                   version_count=len(o.versions), aliases={a.name: a.target.version for a in o.aliases},
+                   created_at=o.created_at)
+
+
+class OptimizerDetail(OptimizerSummary):
+    versions: list[VersionSummary]
+
+    @classmethod
+    def of(cls, o: Optimizer) -> OptimizerDetail:
+        return cls(**OptimizerSummary.of(o).model_dump(), versions=[VersionSummary.of(v) for v in o.versions])
+
+
+class AliasUpdate(BaseModel):
+    version: int = Field(ge=1, description="the version number the alias should point to")
+
+
+class AliasOut(BaseModel):
+    name: str
+    alias: str
+    version: int
+    reference: str
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, a: Alias) -> AliasOut:
+        return cls(name=a.optimizer.name, alias=a.name, version=a.target.version,
+                   reference=f"{a.optimizer.name}@{a.name}", updated_at=a.updated_at)
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str = Field(description="the key's first characters, to tell keys apart")
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, k: ApiKey) -> KeyOut:
+        return cls(id=k.id, name=k.name, prefix=k.prefix, scopes=k.scopes, created_at=k.created_at,
+                   revoked_at=k.revoked_at)
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the key itself: shown this once, stored only as a hash")
+
+
+# --- sessions -------------------------------------------------------------------------------------------
+
+StrictDim = Annotated[int, Field(strict=True, ge=0)]
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: str = Field(description="`name`, `name:N` or `name@alias`; resolved once, pinned for the session")
+    shapes: dict[str, list[StrictDim]] = Field(
+        description="the shape of every parameter, by name: {\"fc1.weight\": [20, 64], \"fc1.bias\": [20]}")
+
+
+class PinnedVersion(BaseModel):
+    name: str
+    version: int
+    reference: str
+    digest: str = Field(description="sha256 of the version's checkpoint")
+
+
+class SessionOut(BaseModel):
+    id: str
+    optimizer: PinnedVersion
+    shapes: dict[str, list[int]]
+    n_coords: int
+    step: int = Field(description="steps applied so far: the step number the next request must carry")
+    state_bytes: int = Field(description="bytes of LSTM state the server holds for this session")
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime = Field(description="when the session expires unless a step comes first")
+
+    @classmethod
+    def of(cls, i: SessionInfo, idle_timeout_s: float) -> SessionOut:
+        def at(t: float) -> datetime:
+            return datetime.fromtimestamp(t, UTC)
+
+        return cls(id=i.id, optimizer=PinnedVersion(name=i.optimizer, version=i.version,
+                                                    reference=f"{i.optimizer}:{i.version}", digest=i.digest),
+                   shapes={n: list(s) for n, s in i.shapes.items()}, n_coords=i.n_coords, step=i.step,
+                   state_bytes=i.nbytes, created_at=at(i.created_at), last_used_at=at(i.last_used_at),
+                   expires_at=at(i.last_used_at + idle_timeout_s))

@@ -1,0 +1,155 @@
+"""Sessions and steps over HTTP: each handler reads its input, calls one SessionService method, answers.
+
+    POST   /v1/sessions                 {"optimizer": "name@alias", "shapes": {...}} -> the session
+    POST   /v1/sessions/resume          a state from GET .../state (safetensors body) -> a new session
+    GET    /v1/sessions                 the caller's live sessions
+    GET    /v1/sessions/{id}            one session
+    DELETE /v1/sessions/{id}
+    POST   /v1/sessions/{id}/step       gradients in (JSON or safetensors), updates out in the same format
+    GET    /v1/sessions/{id}/state      the LSTM state and step count (safetensors)
+
+Every route needs a key with the `optimize` scope; a session is visible only to the key that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import anyio
+import pydantic
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+
+from service.api.body import read_body
+from service.api.deps import AppSettings, OptimizeKey
+from service.api.schemas import SessionCreate, SessionOut
+from service.config import Settings
+from service.errors import UnsupportedMediaType, ValidationError
+from service.sessions import wire
+from service.sessions.service import STATE_TYPE, SessionLimits, SessionService
+from service.sessions.store import open_store
+from service.sessions.versions import RegistryVersions
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+STEP_BODY = {"requestBody": {"required": True, "content": {
+    wire.JSON_TYPE: {"schema": {"type": "object", "properties": {
+        "step": {"type": "integer", "minimum": 0, "description": "steps the session has applied so far"},
+        "grads": {"type": "object", "additionalProperties": {},
+                  "description": "each parameter's gradient as nested lists shaped like the parameter"}}}},
+    wire.SAFETENSORS_TYPE: BINARY, wire.OCTET_TYPE: BINARY}}}
+STEP_ANSWER = {200: {"description": "the updates by name (θ ← θ + update), in the request's format, and the "
+                                    "session's new step count",
+                     "content": {wire.JSON_TYPE: {}, wire.SAFETENSORS_TYPE: {}}}}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def get_sessions(request: Request) -> SessionService:
+    return request.app.state.sessions
+
+
+Sessions = Annotated[SessionService, Depends(get_sessions)]
+
+
+@router.post("", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+    wire.JSON_TYPE: {"schema": SessionCreate.model_json_schema()}}}})
+async def create_session(request: Request, response: Response, key: OptimizeKey, sessions: Sessions,
+                         settings: AppSettings) -> SessionOut:
+    """Open a session: the reference is resolved to one immutable version and a zero LSTM state allocated."""
+    if wire.format_of(request.headers.get("content-type", wire.JSON_TYPE)) is not wire.WireFormat.JSON:
+        raise UnsupportedMediaType("send the session spec as application/json; to resume from a state, "
+                                   "POST it to /v1/sessions/resume")
+    raw = await read_body(request, settings.step_max_body_bytes, "L2O_STEP_MAX_BODY_BYTES")
+    try:
+        spec = SessionCreate.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ValidationError(f"invalid session spec: {where}",
+                              detail=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]) from exc
+    info = await sessions.create(str(key.id), spec.optimizer, spec.shapes)
+    response.headers["Location"] = f"/v1/sessions/{info.id}"
+    return SessionOut.of(info, sessions.limits.idle_timeout_s)
+
+
+@router.post("/resume", status_code=201, openapi_extra={"requestBody": {"required": True, "content": {
+    STATE_TYPE: BINARY, wire.OCTET_TYPE: BINARY}}})
+async def resume_session(
+    request: Request, response: Response, key: OptimizeKey, sessions: Sessions,
+    optimizer: Annotated[str | None, Query(description="a reference that must resolve to the state's version; "
+                                                       "default: the version named in the state")] = None,
+) -> SessionOut:
+    """Open a session that continues an exported state: same version (checked by digest), shapes, step count."""
+    if wire.format_of(request.headers.get("content-type")) is not wire.WireFormat.SAFETENSORS:
+        raise UnsupportedMediaType(f"send the state as the raw body with Content-Type {STATE_TYPE}")
+    raw = await read_body(request, sessions.limits.max_state_bytes + wire.MAX_HEADER_BYTES,
+                          "L2O_SESSION_MAX_STATE_BYTES")
+    info = await sessions.create(str(key.id), optimizer, None, resume_state=raw)
+    response.headers["Location"] = f"/v1/sessions/{info.id}"
+    return SessionOut.of(info, sessions.limits.idle_timeout_s)
+
+
+@router.get("")
+async def list_sessions(key: OptimizeKey, sessions: Sessions) -> list[SessionOut]:
+    return [SessionOut.of(i, sessions.limits.idle_timeout_s) for i in await sessions.list(str(key.id))]
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: str, key: OptimizeKey, sessions: Sessions) -> SessionOut:
+    return SessionOut.of(await sessions.get(str(key.id), session_id), sessions.limits.idle_timeout_s)
+
+
+@router.delete("/{session_id}", status_code=204)
+async def delete_session(session_id: str, key: OptimizeKey, sessions: Sessions) -> Response:
+    await sessions.delete(str(key.id), session_id)
+    return Response(status_code=204)
+
+
+@router.post("/{session_id}/step", response_class=Response, openapi_extra=STEP_BODY, responses=STEP_ANSWER)
+async def step(session_id: str, request: Request, key: OptimizeKey, sessions: Sessions,
+               settings: AppSettings) -> Response:
+    """Apply one step. `step` must equal the session's count (applied) or count - 1 (a retry: the same
+    answer again, byte for byte); anything else is 409 naming the step expected."""
+    fmt = wire.format_of(request.headers.get("content-type"))
+    raw = await read_body(request, settings.step_max_body_bytes, "L2O_STEP_MAX_BODY_BYTES")
+    answer = await sessions.step(str(key.id), session_id, raw, fmt)
+    return Response(answer.body, media_type=answer.content_type, headers=NO_STORE)
+
+
+@router.get("/{session_id}/state", response_class=Response,
+            responses={200: {"content": {STATE_TYPE: {}}, "description": "the LSTM state (tensor `hc`) and step "
+                             "count, with the optimizer version and digest in the metadata"}})
+async def export_state(session_id: str, key: OptimizeKey, sessions: Sessions) -> Response:
+    data = await sessions.export_state(str(key.id), session_id)
+    return Response(data, media_type=STATE_TYPE, headers={
+        **NO_STORE, "Content-Disposition": f'attachment; filename="{session_id}.state.safetensors"'})
+
+
+@asynccontextmanager
+async def sessions_component(app: FastAPI) -> AsyncIterator[None]:
+    """Open the session store, serve sessions, sweep idle ones; on shutdown close the store (the memory
+    store saves every session to the data dir then, and loads them on the next start)."""
+    settings: Settings = app.state.settings
+    if settings.session_store == "memory" and settings.workers > 1:
+        raise RuntimeError(f"L2O_WORKERS={settings.workers} needs a shared session store: set "
+                           "L2O_SESSION_STORE=redis://... (the memory store lives in one process)")
+    store = open_store(settings.session_store, data_dir=settings.data_dir.expanduser(),
+                       key_prefix=settings.session_key_prefix)
+    await anyio.to_thread.run_sync(store.open)
+    sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings))
+    app.state.sessions = sessions
+    app.state.is_version_in_use = sessions.is_version_in_use
+    sweeper = asyncio.create_task(sessions.run_sweeper())
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await anyio.to_thread.run_sync(store.close)

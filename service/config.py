@@ -1,0 +1,101 @@
+"""Settings: every knob of the service, each read from an `L2O_`-prefixed environment variable.
+
+    L2O_DATA_DIR          where the embedded database and the admin key live
+                          (default: $XDG_DATA_HOME/l2o, else ~/.local/share/l2o)
+    L2O_DATABASE_URL      SQLAlchemy URL; unset means the embedded SQLite file <data_dir>/l2o.db.
+                          PostgreSQL: postgresql+psycopg://user:pass@host:5432/dbname
+    L2O_PRETRAINED_DIR    folders of shipped checkpoints registered at start (default: service/pretrained)
+    L2O_REGISTER_PRETRAINED  register those checkpoints at start (default: true)
+    L2O_HOST, L2O_PORT    where `l2o serve` listens (default: 127.0.0.1:8000)
+    L2O_WORKERS           uvicorn worker processes for `l2o serve` (default: 1)
+    L2O_MAX_UPLOAD_BYTES  largest checkpoint upload accepted, else 413 (default: 64 MiB)
+    L2O_LOG_LEVEL         logging level for `l2o serve` (default: info)
+    L2O_SESSION_STORE     where session state lives: `memory` (default; saved to <data_dir>/sessions.safetensors
+                          on graceful shutdown, loaded on start) or redis://host:6379/0 (shared by every process)
+    L2O_SESSION_KEY_PREFIX   prefix of every Redis key the session store writes (default: l2o:)
+    L2O_SESSION_IDLE_TIMEOUT_S  a session with no step for this long expires (default: 3600)
+    L2O_SESSION_MAX_COORDS      most coordinates (parameter entries) in one session (default: 1000000)
+    L2O_SESSION_MAX_PER_KEY     most live sessions one API key may hold (default: 16)
+    L2O_SESSION_MAX_STATE_BYTES most bytes of LSTM state held for all sessions together (default: 2 GiB)
+    L2O_STEP_MAX_BODY_BYTES     largest step request body accepted, else 413 (default: 64 MiB)
+    L2O_JOB_EXECUTOR      who runs meta-training jobs: `auto` (default: `embedded` on SQLite, `procrastinate` on
+                          PostgreSQL), `embedded` (a background thread in the API process, one job at a time) or
+                          `procrastinate` (the PostgreSQL task queue; `l2o worker` processes run the jobs)
+    L2O_JOB_DEVICE        torch device jobs train on: `auto` (default: cuda when available, else cpu), cpu, cuda, cuda:N
+    L2O_JOB_LEASE_S       a job whose worker sent no heartbeat for this long is taken over and resumed (default: 30)
+    L2O_JOB_MAX_ATTEMPTS  a job started this many times without finishing is marked failed (default: 5)
+    L2O_JOB_POLL_S        how often idle workers look for jobs and job event streams look for progress (default: 1)
+    L2O_WORKER_CONCURRENCY  jobs one `l2o worker` process runs at once (default: 1)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ADMIN_KEY_FILE = "admin.key"
+DATABASE_FILE = "l2o.db"
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory, following the XDG base-directory convention."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "l2o"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="L2O_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    pretrained_dir: Path = PACKAGE_DIR / "pretrained"
+    register_pretrained: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    log_level: str = "info"
+    session_store: str = "memory"
+    session_key_prefix: str = "l2o:"
+    session_idle_timeout_s: float = Field(default=3600.0, gt=0)
+    session_max_coords: int = Field(default=1_000_000, ge=1)
+    session_max_per_key: int = Field(default=16, ge=1)
+    session_max_state_bytes: int = Field(default=2 * 1024**3, ge=1)
+    step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    job_executor: Literal["auto", "embedded", "procrastinate"] = "auto"
+    job_device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    job_lease_s: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=5, ge=1)
+    job_poll_s: float = Field(default=1.0, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1)
+
+    @field_validator("data_dir", "pretrained_dir")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database was configured: the SQLite file in the data directory is used."""
+        return self.database_url is None
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / DATABASE_FILE}"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / ADMIN_KEY_FILE

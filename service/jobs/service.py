@@ -1,0 +1,53 @@
+"""Jobs as the API sees them: submit, read, list, cancel. A job belongs to the key that submitted it; other
+keys get 404 (not 403, which would say the job exists), and keys with the `admin` scope see every job.
+
+Functions take the caller's Session and only flush; the handler commits, then asks the executor to run the
+job (so a worker never looks for a row that is not committed yet).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from service.errors import JobFinished, JobNotFound, ValidationError
+from service.jobs import repository as repo
+from service.jobs.spec import JobSpec
+from service.registry.models import ApiKey, Job
+
+
+def submit(db: Session, key: ApiKey, spec: JobSpec) -> Job:
+    return repo.add_job(db, Job(key_id=key.id, spec=spec.model_dump(mode="json"), state=repo.QUEUED,
+                                total_iterations=spec.training.iterations))
+
+
+def get(db: Session, key: ApiKey, job_id: str) -> Job:
+    job = repo.get_job(db, job_id)
+    if job is None or not (key.has_scope("admin") or job.key_id == key.id):
+        raise JobNotFound(f"no job {job_id!r}", detail={"id": job_id})
+    return job
+
+
+def list_jobs(db: Session, key: ApiKey, *, state: str | None = None, limit: int = 100) -> list[Job]:
+    if state is not None and state not in repo.STATES:
+        raise ValidationError(f"unknown job state {state!r}: choose from {', '.join(repo.STATES)}",
+                              detail={"state": state, "allowed": list(repo.STATES)})
+    key_id = None if key.has_scope("admin") else key.id
+    return repo.list_jobs(db, key_id=key_id, state=state, limit=limit)
+
+
+def cancel(db: Session, key: ApiKey, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one is flagged and stops before its next iteration.
+    Cancelling a cancelled job is a no-op; a job that already succeeded or failed cannot be cancelled."""
+    job = get(db, key, job_id)
+    if not (repo.cancel_queued(db, job_id) or repo.request_cancel(db, job_id)):
+        db.refresh(job)
+        if job.state in (repo.SUCCEEDED, repo.FAILED):
+            raise JobFinished(f"job {job_id!r} already {job.state}; there is nothing to cancel",
+                              detail={"id": job_id, "state": job.state})
+    db.refresh(job)
+    return job
+
+
+def references(db: Session, jobs: list[Job]) -> dict[int, str]:
+    """`name:N` of each job's published version."""
+    return repo.version_references(db, [j.result_version_id for j in jobs if j.result_version_id is not None])

@@ -1,0 +1,165 @@
+"""The job spec: what to meta-train, how, and how to evaluate it before it is published.
+
+Every default comes from the core (`OptimizerConfig`, `MetaTrainSettings`, the quadratic family), whose
+defaults are the paper's: 10-dimensional quadratics, two LSTM layers of 20 units with log/sign
+preprocessing and a 0.1 output scale, horizon 100 in unrolls of 20, Adam at 1e-3, and an evaluation
+against SGD, NAG, RMSprop and Adam each tuned over a grid of learning rates.
+
+A spec is checked the way the run will use it (the family is built, the settings constructed), so a spec
+that is accepted does not fail later for a reason that could have been seen at submission. Unknown fields
+are refused, so a typo is a 422 naming it rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from service.errors import InvalidName
+from service.lopt import OptimizerConfig
+from service.metatrain import BASELINES, MetaTrainSettings
+from service.metatrain.baselines import LR_GRID
+from service.registry.names import check_name
+from service.tasks import FAMILIES, TaskFamily, make_family
+
+_OPT = OptimizerConfig()
+_TRAIN = MetaTrainSettings()
+
+BaselineName = Literal[tuple(BASELINES)]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FamilySpec(_Strict):
+    """The task family meta-trained on; `params` are the family's own (see `l2o train --help`)."""
+
+    name: str = Field(default="quadratic", description=f"one of: {', '.join(sorted(FAMILIES))}")
+    params: dict[str, Any] = Field(default_factory=dict, validate_default=True,
+                                   description="e.g. {\"dim\": 10} for quadratic; omitted ones take defaults")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in FAMILIES:
+            raise ValueError(f"unknown task family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _buildable(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name")
+        if name is None:  # the name itself was refused; that error says enough
+            return params
+        # make_family raises ValueError naming the bad parameter; the stored spec keeps every default filled
+        # in, so the job row says exactly what was trained on.
+        return make_family(name, **params).params()
+
+    def build(self) -> TaskFamily:
+        return make_family(self.name, **self.params)
+
+
+class OptimizerSpec(_Strict):
+    """The learned optimizer's architecture and its input/output scaling."""
+
+    hidden_size: int = Field(default=_OPT.hidden_size, ge=1, le=1024)
+    num_layers: int = Field(default=_OPT.num_layers, ge=1, le=8)
+    preprocess: Literal["log_sign", "none"] = _OPT.preprocess
+    preprocess_p: float = Field(default=_OPT.preprocess_p, gt=0, lt=100)
+    output_scale: float = Field(default=_OPT.output_scale, description="the update is the LSTM output times this")
+
+    @field_validator("output_scale")
+    @classmethod
+    def _scale(cls, value: float) -> float:
+        if not (0.0 < abs(value) < 1e6):
+            raise ValueError(f"output_scale must be non-zero with magnitude under 1e6, got {value}")
+        return value
+
+    def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:
+        return OptimizerConfig(**self.model_dump(), trained_on=trained_on)
+
+
+class TrainingSpec(_Strict):
+    """Meta-training: one iteration trains on a fresh batch of `instances` optimizees for `horizon` steps,
+    back-propagating every `unroll` steps. `resume_every` sets how often a resume checkpoint is saved."""
+
+    iterations: int = Field(default=_TRAIN.iterations, ge=1, le=1_000_000)
+    horizon: int = Field(default=_TRAIN.horizon, ge=1, le=100_000)
+    unroll: int = Field(default=_TRAIN.unroll, ge=1, le=100_000)
+    meta_lr: float = Field(default=_TRAIN.meta_lr, gt=0, lt=1)
+    instances: int = Field(default=_TRAIN.instances, ge=1, le=65_536)
+    seed: int = Field(default=_TRAIN.seed, ge=0, le=2**31 - 1)
+    grad_clip: float = Field(default=_TRAIN.grad_clip, gt=0)
+    eval_every: int = Field(default=_TRAIN.eval_every, ge=1)
+    eval_instances: int = Field(default=_TRAIN.eval_instances, ge=1, le=65_536,
+                                description="validation instances scored every eval_every iterations")
+    resume_every: int = Field(default=_TRAIN.resume_every, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        self.settings("cpu")  # raises ValueError naming the field, e.g. "horizon must be a multiple of unroll"
+        return self
+
+    def settings(self, device: str) -> MetaTrainSettings:
+        return MetaTrainSettings(**self.model_dump(), device=device)
+
+
+class EvaluationSpec(_Strict):
+    """The evaluation stored with the published version: the learned optimizer against each baseline, every
+    baseline's learning rate tuned over `lr_grid` on `tune_instances` training instances, all scored on
+    `instances` held-out instances."""
+
+    instances: int = Field(default=64, ge=1, le=65_536, description="held-out instances")
+    steps: int | None = Field(default=None, ge=1, le=100_000, description="optimizee steps; default: the horizon")
+    baselines: list[BaselineName] = Field(default_factory=lambda: list(BASELINES), min_length=1)
+    tune_instances: int = Field(default=16, ge=1, le=65_536)
+    lr_grid: list[float] = Field(default_factory=lambda: list(LR_GRID), min_length=1, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1, description="default: the training seed + 1")
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(names))
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _positive(cls, grid: list[float]) -> list[float]:
+        bad = [lr for lr in grid if not (math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be positive and finite, got {bad}")
+        return sorted(set(grid))
+
+
+class JobSpec(_Strict):
+    """A meta-training job: train an optimizer, evaluate it, publish it as the next version of `name`."""
+
+    name: str = Field(description="the registry name the trained optimizer is published under")
+    family: FamilySpec = Field(default_factory=FamilySpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        try:
+            return check_name(name)
+        except InvalidName as exc:
+            raise ValueError(exc.message) from None
+
+    @property
+    def eval_steps(self) -> int:
+        return self.evaluation.steps or self.training.horizon
+
+    @property
+    def eval_seed(self) -> int:
+        return self.evaluation.seed if self.evaluation.seed is not None else self.training.seed + 1
+
+    def optimizer_config(self) -> OptimizerConfig:
+        """The config the published checkpoint carries, with what it was trained on as provenance."""
+        # Where it ran (the device) is not part of what was trained, so it is left out.
+        return self.optimizer.config({"family": self.family.name, "params": self.family.params,
+                                      "settings": self.training.model_dump()})

@@ -1,0 +1,1 @@
+"""The optimizer registry and its database: models, repository (all queries), service, API keys."""

@@ -1,0 +1,142 @@
+"""Every database query of the registry. Functions take the caller's Session and only flush: the caller
+(a handler, a worker task, the CLI) owns the transaction and commits it."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, selectinload
+
+from service.registry.models import Alias, ApiKey, Optimizer, OptimizerVersion, utcnow
+
+# --- API keys ---------------------------------------------------------------------------------------
+
+
+def add_key(db: Session, key: ApiKey) -> ApiKey:
+    db.add(key)
+    db.flush()
+    return key
+
+
+def get_key(db: Session, key_id: int) -> ApiKey | None:
+    return db.get(ApiKey, key_id)
+
+
+def get_key_by_hash(db: Session, key_hash: str) -> ApiKey | None:
+    return db.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).one_or_none()
+
+
+def list_keys(db: Session) -> list[ApiKey]:
+    return list(db.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def count_live_keys(db: Session) -> int:
+    return db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0
+
+
+# --- optimizers -------------------------------------------------------------------------------------
+
+
+def list_optimizers(db: Session) -> list[Optimizer]:
+    stmt = (select(Optimizer).order_by(Optimizer.name)
+            .options(selectinload(Optimizer.versions), selectinload(Optimizer.aliases).selectinload(Alias.target)))
+    return list(db.scalars(stmt))
+
+
+def get_optimizer(db: Session, name: str) -> Optimizer | None:
+    stmt = (select(Optimizer).where(Optimizer.name == name)
+            .options(selectinload(Optimizer.versions), selectinload(Optimizer.aliases).selectinload(Alias.target)))
+    return db.scalars(stmt).one_or_none()
+
+
+def get_or_create_optimizer(db: Session, name: str) -> Optimizer:
+    """Insert the name unless it exists, race-free: a concurrent insert of the same name is a no-op."""
+    insert = postgresql.insert if db.get_bind().dialect.name == "postgresql" else sqlite.insert
+    db.execute(insert(Optimizer).values(name=name, version_counter=0, created_at=utcnow())
+               .on_conflict_do_nothing(index_elements=["name"]))
+    return db.scalars(select(Optimizer).where(Optimizer.name == name)).one()
+
+
+def next_version_number(db: Session, optimizer: Optimizer) -> int:
+    """Bump the optimizer's counter in one UPDATE, which locks its row until commit: no two uploads
+    get the same number, and a deleted version's number is never handed out again."""
+    number = db.scalar(update(Optimizer).where(Optimizer.id == optimizer.id)
+                       .values(version_counter=Optimizer.version_counter + 1)
+                       .returning(Optimizer.version_counter))
+    db.expire(optimizer, ["version_counter"])
+    return int(number)
+
+
+# --- versions ---------------------------------------------------------------------------------------
+
+
+def add_version(db: Session, version: OptimizerVersion) -> OptimizerVersion:
+    db.add(version)
+    db.flush()
+    return version
+
+
+def _version_query(name: str):
+    return (select(OptimizerVersion).join(OptimizerVersion.optimizer).where(Optimizer.name == name)
+            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+
+
+def get_version(db: Session, name: str, number: int) -> OptimizerVersion | None:
+    return db.scalars(_version_query(name).where(OptimizerVersion.version == number)).one_or_none()
+
+
+def get_version_by_id(db: Session, version_id: int) -> OptimizerVersion | None:
+    stmt = (select(OptimizerVersion).where(OptimizerVersion.id == version_id)
+            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+    return db.scalars(stmt).one_or_none()
+
+
+def get_latest_version(db: Session, name: str) -> OptimizerVersion | None:
+    return db.scalars(_version_query(name).order_by(OptimizerVersion.version.desc()).limit(1)).first()
+
+
+def get_version_by_alias(db: Session, name: str, alias: str) -> OptimizerVersion | None:
+    stmt = (select(OptimizerVersion).join(Alias, Alias.version_id == OptimizerVersion.id)
+            .join(Optimizer, Optimizer.id == Alias.optimizer_id)
+            .where(Optimizer.name == name, Alias.name == alias)
+            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+    return db.scalars(stmt).one_or_none()
+
+
+def find_version_by_digest(db: Session, name: str, sha256: str) -> OptimizerVersion | None:
+    return db.scalars(_version_query(name).where(OptimizerVersion.sha256 == sha256)
+                      .order_by(OptimizerVersion.version.desc()).limit(1)).first()
+
+
+def get_checkpoint_bytes(db: Session, version_id: int) -> bytes:
+    return db.scalars(select(OptimizerVersion.checkpoint).where(OptimizerVersion.id == version_id)).one()
+
+
+def delete_version(db: Session, version: OptimizerVersion) -> None:
+    # Its aliases go with it (the ORM deletes those it has loaded, the database's cascade the rest).
+    db.delete(version)
+    db.flush()
+
+
+# --- aliases ----------------------------------------------------------------------------------------
+
+
+def get_alias(db: Session, optimizer: Optimizer, alias: str) -> Alias | None:
+    return db.scalars(select(Alias).where(Alias.optimizer_id == optimizer.id, Alias.name == alias)).one_or_none()
+
+
+def set_alias(db: Session, optimizer: Optimizer, alias: str, version: OptimizerVersion) -> Alias:
+    row = get_alias(db, optimizer, alias)
+    if row is None:
+        row = Alias(optimizer_id=optimizer.id, name=alias, version_id=version.id)
+        db.add(row)
+    else:
+        row.version_id = version.id
+        row.updated_at = utcnow()
+    db.flush()
+    return row
+
+
+def delete_alias(db: Session, alias: Alias) -> None:
+    db.delete(alias)
+    db.flush()

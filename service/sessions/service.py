@@ -1,0 +1,422 @@
+"""The step service: sessions that pin an optimizer version and hold its LSTM state between HTTP calls.
+
+    step:  api/sessions.py -> SessionService.step -> lopt.step (preprocess -> LSTM -> update) -> store.commit_step
+
+A step request carries the number of steps the session has applied so far, which makes it safe to retry:
+
+    request step == count       apply: state advanced, count + 1, the answer stored with the state
+    request step == count - 1   a retry whose answer was lost: the stored answer again, byte for byte
+    anything else               409 step_conflict, naming the step expected
+
+Steps on one session run one at a time, in arrival order (an asyncio lock per session); steps on
+different sessions run concurrently. Store calls and torch work run on worker threads, never on the
+event loop. Every check runs before anything is written, so a refused request leaves the session as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import torch
+
+from service import lopt
+from service.errors import (
+    InvalidGradients,
+    L2OError,
+    MalformedBody,
+    SessionExpired,
+    SessionNotFound,
+    SessionTooLarge,
+    StateMismatch,
+    StepConflict,
+    ValidationError,
+)
+from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig
+from service.sessions import wire
+from service.sessions.record import SessionInfo, SessionRecord
+from service.sessions.store import SessionStore
+from service.sessions.versions import VersionRef, VersionSource
+from service.sessions.wire import StepMessage, WireFormat
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "l2o-session-state/1"
+STATE_TYPE = wire.SAFETENSORS_TYPE
+MAX_PARAMETERS = 100_000
+MAX_NAME_CHARS = 512
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    idle_timeout_s: float = 3600.0
+    max_coords: int = 1_000_000            # per session; 320 bytes of state each with the default LSTM
+    max_sessions_per_key: int = 16
+    max_state_bytes: int = 2 * 1024**3     # all sessions together
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SessionLimits:
+        return cls(idle_timeout_s=settings.session_idle_timeout_s, max_coords=settings.session_max_coords,
+                   max_sessions_per_key=settings.session_max_per_key, max_state_bytes=settings.session_max_state_bytes)
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    content_type: str
+
+
+class SessionService:
+    def __init__(self, store: SessionStore, versions: VersionSource, limits: SessionLimits = SessionLimits(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.versions = versions
+        self.limits = limits
+        self.clock = clock
+        self._weights: dict[str, tuple[OptimizerConfig, dict[str, torch.Tensor]]] = {}  # by digest
+        self._weights_lock = threading.Lock()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    # --- sessions ------------------------------------------------------------------------------------------
+
+    async def create(self, owner: str, reference: str | None, shapes: Mapping[str, Sequence[int]] | None,
+                     resume_state: bytes | bytearray | None = None) -> SessionInfo:
+        """A new session on the version `reference` resolves to, for parameters of these shapes.
+
+        With `resume_state` (bytes from export_state) the session continues that state and step count;
+        `reference` and `shapes` then default to the state's own and, when given, must agree with it.
+        """
+        return await anyio.to_thread.run_sync(self._create, str(owner), reference, shapes, resume_state)
+
+    async def get(self, owner: str, session_id: str) -> SessionInfo:
+        return await anyio.to_thread.run_sync(self._live_info, str(owner), session_id)
+
+    async def list(self, owner: str) -> list[SessionInfo]:
+        return await anyio.to_thread.run_sync(self._list, str(owner))
+
+    async def delete(self, owner: str, session_id: str) -> None:
+        async with self._lock(session_id):
+            await anyio.to_thread.run_sync(self._delete, str(owner), session_id)
+
+    async def export_state(self, owner: str, session_id: str) -> bytes:
+        """The session's LSTM state and step count as safetensors, with the version and digest in metadata."""
+        async with self._lock(session_id):
+            return await anyio.to_thread.run_sync(self._export, str(owner), session_id)
+
+    async def step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
+        # The lock is taken before anything is awaited, so steps queue in the order they arrived.
+        async with self._lock(session_id):
+            return await anyio.to_thread.run_sync(self._step, str(owner), session_id, body, fmt)
+
+    def is_version_in_use(self, version_id: int | str) -> bool:
+        """The registry's delete check: does a live (not idle-expired) session use this version?"""
+        now = self.clock()
+        live = False
+        for session_id in self.store.ids_using(str(version_id)):
+            info = self.store.info(session_id)
+            if info is not None and not self._expire_if_idle(info, now):
+                live = True
+        return live
+
+    def purge_idle(self) -> int:
+        """Expire every idle session (leaving tombstones); the sweeper calls this periodically."""
+        now = self.clock()
+        cutoff = now - self.limits.idle_timeout_s
+        return sum(self.store.expire(i, idle_before=cutoff, now=now) for i in self.store.idle_ids(cutoff))
+
+    async def run_sweeper(self, interval_s: float | None = None) -> None:
+        interval = interval_s or max(1.0, min(60.0, self.limits.idle_timeout_s / 4))
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await anyio.to_thread.run_sync(self.purge_idle)
+            except Exception:  # a store outage must not end the sweeps for the life of the process
+                log.exception("expiring idle sessions failed; will retry in %.0f s", interval)
+
+    # --- the work, on worker threads --------------------------------------------------------------------------
+
+    def _create(self, owner: str, reference: str | None, shapes: Mapping[str, Sequence[int]] | None,
+                resume_state: bytes | bytearray | None) -> SessionInfo:
+        given = check_shapes(shapes) if shapes is not None else None
+        state = read_state(resume_state) if resume_state is not None else None
+        if state is None and (reference is None or given is None):
+            raise ValidationError("a new session needs an optimizer reference and the shapes of the parameters")
+        if state is not None:
+            reference = reference or f"{state.optimizer}:{state.version}"
+        shapes_ = state.shapes if state is not None else given
+        n_coords = sum(math.prod(s) for s in shapes_.values())
+        if n_coords > self.limits.max_coords:
+            raise SessionTooLarge(f"the parameters hold {n_coords} coordinates, over this server's limit of "
+                                  f"{self.limits.max_coords} per session (L2O_SESSION_MAX_COORDS)",
+                                  detail={"n_coords": n_coords, "limit": self.limits.max_coords})
+        version = self.versions.resolve(reference)
+        config, _ = self._load_weights(version.id, version.digest)
+        if state is None:
+            step, hc = 0, lopt.init(config, n_coords).hc
+        else:
+            check_resume(state, version, reference, config, given)
+            step, hc = state.step, state.hc.clone()
+        now = self.clock()
+        info = SessionInfo(
+            id="s_" + secrets.token_urlsafe(24), owner=owner, optimizer=version.name, version=version.version,
+            version_id=version.id, digest=version.digest, shapes=shapes_, state_shape=tuple(hc.shape), step=step,
+            created_at=now, last_used_at=now)
+        self.purge_idle()  # sessions past their idle time must not count against the limits
+        self.store.add(SessionRecord(info, hc), max_per_owner=self.limits.max_sessions_per_key,
+                       max_total_bytes=self.limits.max_state_bytes)
+        return info
+
+    def _list(self, owner: str) -> list[SessionInfo]:
+        now = self.clock()
+        return [i for i in self.store.list_owner(owner) if not self._expire_if_idle(i, now)]
+
+    def _delete(self, owner: str, session_id: str) -> None:
+        info = self.store.info(session_id)
+        if info is None and self.store.tombstone(session_id, now=self.clock()) == owner:
+            self.store.drop_tombstone(session_id)  # deleting an expired session: it is gone, as asked
+            return
+        if info is None or info.owner != owner:
+            raise not_found(session_id)
+        self.store.delete(session_id)
+
+    def _export(self, owner: str, session_id: str) -> bytes:
+        record = self._live_record(owner, session_id)
+        info = record.info
+        meta = {"format": STATE_FORMAT, "step": str(info.step), "optimizer": info.optimizer,
+                "version": str(info.version), "digest": info.digest, "session": info.id,
+                "shapes": json.dumps([[n, list(s)] for n, s in info.shapes.items()])}
+        return wire.write_safetensors({"hc": record.hc}, meta)
+
+    def _step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
+        message = wire.decode(body, fmt)
+        now = self.clock()
+        record = self._live_record(owner, session_id, now)
+        count = record.info.step
+        if message.step not in (count, count - 1):
+            raise step_conflict(message.step, count)
+        flat = flatten_grads(record.info.shapes, message.tensors)
+        if message.step == count - 1:
+            return self._replay(record, fmt)
+        config, weights = self._load_weights(record.info.version_id, record.info.digest)
+        with torch.no_grad():
+            updates, state = lopt.step(config, weights, flat, LSTMState(record.hc))
+        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates)), fmt)
+        if self.store.commit_step(session_id, expected_step=count, hc=state.hc, answer=body,
+                                  answer_type=fmt.content_type, used_at=now):
+            return Answer(body, fmt.content_type)
+        # Another API process applied this step first: answer as if this request had come after it.
+        record = self._live_record(owner, session_id, now)
+        if record.info.step == count + 1:
+            return self._replay(record, fmt)
+        raise step_conflict(message.step, record.info.step)
+
+    def _replay(self, record: SessionRecord, fmt: WireFormat) -> Answer:
+        count = record.info.step
+        if record.answer is None or record.answer_type is None:
+            raise StepConflict(
+                f"step {count - 1} was applied before this session was resumed, so its answer is not held: "
+                f"send step {count}", detail={"expected": count, "got": count - 1})
+        if record.answer_type == fmt.content_type:
+            return Answer(record.answer, record.answer_type)
+        # The retry switched formats: the same updates, in the session's parameter order, encoded as this
+        # request asks; encoding is deterministic, so these are the bytes the step would have answered.
+        stored = wire.decode(record.answer, wire.format_of(record.answer_type), field="updates")
+        message = StepMessage(stored.step, {name: stored.tensors[name] for name in record.info.shapes})
+        return Answer(wire.encode(message, fmt), fmt.content_type)
+
+    # --- lookups -----------------------------------------------------------------------------------------
+
+    def _live_info(self, owner: str, session_id: str, now: float | None = None) -> SessionInfo:
+        now = self.clock() if now is None else now
+        info = self.store.info(session_id)
+        self._check_live(owner, session_id, info, now)
+        return info
+
+    def _live_record(self, owner: str, session_id: str, now: float | None = None) -> SessionRecord:
+        now = self.clock() if now is None else now
+        record = self.store.get(session_id)
+        self._check_live(owner, session_id, record.info if record is not None else None, now)
+        return record
+
+    def _check_live(self, owner: str, session_id: str, info: SessionInfo | None, now: float) -> None:
+        # Another key's session, live or expired, is answered exactly like one that never existed.
+        if info is None:
+            if self.store.tombstone(session_id, now=now) == owner:
+                raise self._expired(session_id)
+            raise not_found(session_id)
+        if info.owner != owner:
+            raise not_found(session_id)
+        if self._expire_if_idle(info, now):
+            raise self._expired(session_id)
+
+    def _expire_if_idle(self, info: SessionInfo, now: float) -> bool:
+        cutoff = now - self.limits.idle_timeout_s
+        if info.last_used_at >= cutoff:
+            return False
+        self.store.expire(info.id, idle_before=cutoff, now=now)
+        return True
+
+    def _expired(self, session_id: str) -> SessionExpired:
+        return SessionExpired(
+            f"session {session_id} expired after {self.limits.idle_timeout_s:g} s without a step: create a new "
+            "session, or resume one from a state exported with GET /v1/sessions/{id}/state",
+            detail={"session": session_id, "idle_timeout_s": self.limits.idle_timeout_s})
+
+    def _load_weights(self, version_id: str, digest: str) -> tuple[OptimizerConfig, dict[str, torch.Tensor]]:
+        """Each version's weights, read from the registry once and kept: versions are immutable.
+
+        Keyed by digest, not id: a database may hand a deleted version's id to a new one.
+        """
+        with self._weights_lock:
+            cached = self._weights.get(digest)
+            if cached is not None:
+                return cached
+            data = self.versions.checkpoint(version_id)
+            if data is None:
+                raise L2OError(f"optimizer version {version_id} used by a session no longer exists in the registry")
+            try:
+                checkpoint = Checkpoint.from_bytes(data, expected_sha256=digest)
+            except CheckpointError as exc:
+                raise L2OError(f"the registry's checkpoint for version {version_id} does not load: {exc}") from exc
+            weights = {k: v.to(torch.float32).contiguous() for k, v in checkpoint.weights.items()}
+            self._weights[digest] = (checkpoint.config, weights)
+            return self._weights[digest]
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served: steps stay in order
+            self._locks[session_id] = lock
+        return lock
+
+
+# --- checks and conversions shared by create and step ----------------------------------------------------
+
+def not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"no session {session_id!r}", detail={"session": session_id})
+
+
+def step_conflict(got: int, count: int) -> StepConflict:
+    return StepConflict(
+        f"step {got} does not follow: the session has applied {count} steps, so the server expects step {count}"
+        + (f" (or step {count - 1} again, to replay its answer)" if count > 0 else ""),
+        detail={"expected": count, "got": got})
+
+
+def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    if not isinstance(shapes, Mapping) or not shapes:
+        raise ValidationError("shapes must name at least one parameter: {\"fc1.weight\": [20, 64], ...}")
+    if len(shapes) > MAX_PARAMETERS:
+        raise ValidationError(f"{len(shapes)} parameters, over the limit of {MAX_PARAMETERS}")
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in shapes.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
+            raise ValidationError(f"parameter name {name!r} must be a string of 1 to {MAX_NAME_CHARS} characters")
+        if (not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) > wire.MAX_DIMS
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise ValidationError(f"the shape of {name!r} must be a list of at most {wire.MAX_DIMS} non-negative "
+                                  f"integers, got {shape!r}", detail={"name": name})
+        out[name] = tuple(shape)
+    if sum(math.prod(s) for s in out.values()) == 0:
+        raise ValidationError("the parameters hold no coordinates (every shape has a zero)")
+    return out
+
+
+def flatten_grads(shapes: Mapping[str, tuple[int, ...]], grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The gradients as one float32 vector in the session's parameter order, or InvalidGradients."""
+    missing = [n for n in shapes if n not in grads]
+    extra = [n for n in grads if n not in shapes]
+    if missing or extra:
+        raise InvalidGradients(
+            "the gradients must name every parameter of the session exactly once: "
+            f"missing {', '.join(map(repr, missing)) or 'none'}; unexpected {', '.join(map(repr, extra)) or 'none'}",
+            detail={"missing": missing, "unexpected": extra})
+    parts = []
+    for name, shape in shapes.items():
+        g = grads[name]
+        if not g.dtype.is_floating_point:
+            raise InvalidGradients(f"the gradient of {name!r} has dtype {g.dtype}, expected a float dtype",
+                                   detail={"name": name})
+        if tuple(g.shape) != shape:
+            raise InvalidGradients(
+                f"the gradient of {name!r} has shape {list(g.shape)}, the parameter has shape {list(shape)}",
+                detail={"name": name, "got": list(g.shape), "expected": list(shape)})
+        # float32 is what lopt.step computes in; a finite float64 can still overflow it.
+        parts.append(g.reshape(-1).to(torch.float32))
+    for name, part in zip(shapes, parts, strict=True):
+        if not bool(torch.isfinite(part).all()):
+            raise InvalidGradients(f"the gradient of {name!r} has NaN or infinite values (as float32)",
+                                   detail={"name": name})
+    return torch.cat(parts)
+
+
+def split_updates(shapes: Mapping[str, tuple[int, ...]], updates: torch.Tensor) -> dict[str, torch.Tensor]:
+    sizes = [math.prod(s) for s in shapes.values()]
+    return {name: part.view(shape) for (name, shape), part in zip(shapes.items(), updates.split(sizes), strict=True)}
+
+
+# --- exported state -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportedState:
+    optimizer: str
+    version: int
+    digest: str
+    step: int
+    shapes: dict[str, tuple[int, ...]]
+    hc: torch.Tensor
+
+
+def read_state(body: bytes | bytearray) -> ExportedState:
+    """Parse a state from GET /v1/sessions/{id}/state, refusing anything it does not describe exactly."""
+    meta, tensors = wire.read_safetensors(body, dtypes={"F32": torch.float32})
+    if meta.get("format") != STATE_FORMAT:
+        raise MalformedBody(f"not a session state: metadata format is {meta.get('format')!r}, "
+                            f"expected {STATE_FORMAT!r}")
+    if set(tensors) != {"hc"}:
+        raise MalformedBody(f"a session state holds exactly one tensor 'hc', got {sorted(tensors)}")
+    missing = [k for k in ("optimizer", "version", "digest", "shapes") if k not in meta]
+    if missing:
+        raise MalformedBody(f"the state's metadata lacks {', '.join(missing)}")
+    if not meta["version"].isdecimal():
+        raise MalformedBody(f"the state's metadata version must be a number, got {meta['version']!r}")
+    try:
+        pairs = json.loads(meta["shapes"])
+        shapes = check_shapes({name: shape for name, shape in pairs})
+    except (ValueError, TypeError) as exc:
+        raise MalformedBody(f"the state's metadata shapes must be a JSON list of [name, shape]: {exc}") from exc
+    hc = tensors["hc"]
+    if not bool(torch.isfinite(hc).all()):
+        raise ValidationError("the state holds NaN or infinite values", code="invalid_state")
+    return ExportedState(meta["optimizer"], int(meta["version"]), meta["digest"],
+                         wire.parse_step(meta.get("step"), "the state's metadata"), shapes, hc)
+
+
+def check_resume(state: ExportedState, version: VersionRef, reference: str, config: OptimizerConfig,
+                 shapes: dict[str, tuple[int, ...]] | None) -> None:
+    if version.digest != state.digest:
+        raise StateMismatch(
+            f"the state was made by {state.optimizer}:{state.version} (sha256 {state.digest[:12]}...), but "
+            f"{reference!r} resolves to {version.reference} (sha256 {version.digest[:12]}...): a state resumes "
+            "only on the version that made it",
+            detail={"state": {"optimizer": state.optimizer, "version": state.version, "digest": state.digest},
+                    "resolved": {"optimizer": version.name, "version": version.version, "digest": version.digest}})
+    if shapes is not None and shapes != state.shapes:
+        differ = sorted(set(shapes.items()) ^ set(state.shapes.items()))
+        raise StateMismatch(f"the shapes given differ from the state's: {differ[:5]}",
+                            detail={"state": {n: list(s) for n, s in state.shapes.items()}})
+    n = sum(math.prod(s) for s in state.shapes.values())
+    expected = (n, config.num_layers, 2, config.hidden_size)
+    if tuple(state.hc.shape) != expected:
+        raise StateMismatch(f"the state tensor has shape {list(state.hc.shape)}, but {n} coordinates of "
+                            f"{version.reference} need {list(expected)}", detail={"expected": list(expected)})

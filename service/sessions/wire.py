@@ -1,0 +1,301 @@
+"""The step's two wire formats: JSON for curl and small models, safetensors for real ones.
+
+    JSON         request  {"step": 0, "grads": {"fc1.bias": [...], ...}}   (nested lists shaped like the parameter)
+                 response {"step": 1, "updates": {"fc1.bias": [...], ...}}
+    safetensors  request  one tensor per parameter, metadata {"step": "0"}
+                 response one float32 tensor per parameter, metadata {"step": "1"}
+
+The response's `step` is the session's count after the step: the number to send next. Safetensors
+requests may say `application/vnd.l2o.safetensors` (the documented type, used for every safetensors
+response) or `application/octet-stream`.
+
+Safetensors bodies come from the network, so their header is checked here before any tensor is built
+from it; the tensors are then views of the body itself (no copy) when the body is a writable buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
+
+JSON_TYPE = "application/json"
+SAFETENSORS_TYPE = "application/vnd.l2o.safetensors"
+OCTET_TYPE = "application/octet-stream"
+
+# A header is a few hundred bytes per tensor; 8 MiB is ~80k tensors, far beyond any model, and keeps a
+# hostile length field from making us parse megabytes of JSON.
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+MAX_DIMS = 16
+
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+}
+OTHER_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2"}
+ST_DTYPE_OF: dict[torch.dtype, str] = {
+    **{v: k for k, v in FLOAT_DTYPES.items()},
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
+    torch.int64: "I64",
+}
+
+
+class WireFormat(StrEnum):
+    JSON = "json"
+    SAFETENSORS = "safetensors"
+
+    @property
+    def content_type(self) -> str:
+        return JSON_TYPE if self is WireFormat.JSON else SAFETENSORS_TYPE
+
+
+def format_of(content_type: str | None) -> WireFormat:
+    """The wire format a request's Content-Type names (parameters such as charset are ignored)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == JSON_TYPE:
+        return WireFormat.JSON
+    if media in (SAFETENSORS_TYPE, OCTET_TYPE):
+        return WireFormat.SAFETENSORS
+    raise UnsupportedMediaType(
+        f"Content-Type {media or '(none)'!r} is not accepted: send {JSON_TYPE} or {SAFETENSORS_TYPE}",
+        detail={"accepted": [JSON_TYPE, SAFETENSORS_TYPE, OCTET_TYPE]})
+
+
+@dataclass(frozen=True)
+class StepMessage:
+    """A decoded step request (grads) or answer (updates): tensors by parameter name plus a step number."""
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+
+
+Body = bytes | bytearray | memoryview
+
+
+def decode(body: Body, fmt: WireFormat, *, field: str = "grads") -> StepMessage:
+    if fmt is WireFormat.JSON:
+        return _decode_json(body, field)
+    meta, tensors = read_safetensors(body)
+    return StepMessage(parse_step(meta.get("step"), "the safetensors metadata"), tensors)
+
+
+def encode(message: StepMessage, fmt: WireFormat, *, field: str = "updates") -> bytes:
+    """Deterministic bytes: the same message always encodes to the same body."""
+    if fmt is WireFormat.JSON:
+        doc = {"step": message.step, field: {k: v.tolist() for k, v in message.tensors.items()}}
+        # float32 values print as the shortest float64 repr, which reads back to the same float32.
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return write_safetensors(message.tensors, {"step": str(message.step)})
+
+
+# --- JSON -----------------------------------------------------------------------------------------------
+
+def _decode_json(body: Body, field: str) -> StepMessage:
+    try:
+        doc = json.loads(bytes(body), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise MalformedBody(f'the JSON body must be an object {{"step": ..., "{field}": {{...}}}}')
+    unknown = sorted(set(doc) - {"step", field})
+    if unknown:
+        raise MalformedBody(f"unknown fields in the JSON body: {', '.join(unknown)}")
+    if field not in doc:
+        raise MalformedBody(f'the JSON body has no "{field}" object')
+    values = doc[field]
+    if not isinstance(values, dict):
+        raise MalformedBody(f'"{field}" must be an object mapping parameter names to nested lists')
+    step = parse_step(doc.get("step"), "the JSON body")
+    return StepMessage(step, {name: _json_tensor(name, value) for name, value in values.items()})
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidGradients(f"the JSON body contains {name}: every value must be a finite number")
+
+
+def _json_tensor(name: str, value: Any) -> torch.Tensor:
+    shape: list[int] = []
+    probe = value
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        if len(shape) > MAX_DIMS:
+            raise InvalidGradients(f"{name!r} nests deeper than {MAX_DIMS} dimensions")
+        probe = probe[0] if probe else None
+    flat: list[float] = []
+    _flatten(value, shape, 0, flat, name)
+    try:
+        return torch.tensor(flat, dtype=torch.float32).reshape(shape)
+    except (OverflowError, RuntimeError, ValueError) as exc:
+        raise InvalidGradients(f"{name!r} holds a number out of range: {exc}") from exc
+
+
+def _flatten(value: Any, shape: list[int], depth: int, out: list[float], where: str) -> None:
+    if depth == len(shape):
+        if type(value) not in (int, float):  # bool is an int subclass, and not a gradient
+            raise InvalidGradients(f"{where} is {_json_kind(value)}, expected a number")
+        out.append(value)
+        return
+    if not isinstance(value, list) or len(value) != shape[depth]:
+        got = f"a list of {len(value)}" if isinstance(value, list) else _json_kind(value)
+        raise InvalidGradients(f"{where} is {got}, expected a list of {shape[depth]} (ragged nesting)")
+    if depth == len(shape) - 1:
+        if all(type(x) is float or type(x) is int for x in value):
+            out.extend(value)
+            return
+    for i, item in enumerate(value):
+        _flatten(item, shape, depth + 1, out, f"{where}[{i}]")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "a number"
+
+
+def parse_step(value: Any, where: str) -> int:
+    if value is None:
+        raise MalformedBody(f'{where} has no "step" (the number of steps the session has applied)')
+    if isinstance(value, str):
+        if not value.isdecimal():
+            raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {value!r}')
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {value!r}')
+    return value
+
+
+# --- safetensors ----------------------------------------------------------------------------------------
+
+def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes that depend only on the input: metadata keys sorted, tensors ordered by alignment
+    then name (safetensors' own writer emits metadata in hash-map order, so equal inputs can differ)."""
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in tensors.items()}
+    order = sorted(flat, key=lambda n: (-flat[n].element_size(), n))
+    offset = 0
+    for name in order:
+        t = flat[name]
+        if t.dtype not in ST_DTYPE_OF:
+            raise ValueError(f"cannot write tensor {name!r} of dtype {t.dtype} as safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": ST_DTYPE_OF[t.dtype], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # pad so the data starts 8-byte aligned, as safetensors does
+    out = bytearray(8 + len(raw) + offset)
+    out[:8] = len(raw).to_bytes(8, "little")
+    out[8:8 + len(raw)] = raw
+    start = 8 + len(raw)
+    for name in order:
+        data = flat[name].view(torch.uint8).numpy()
+        out[start:start + data.nbytes] = data.data
+        start += data.nbytes
+    return bytes(out)
+
+
+def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
+                     dtypes: dict[str, torch.dtype] = FLOAT_DTYPES) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Check a safetensors body's header against the body, then view its tensors in place.
+
+    Refuses, naming the problem: a header length beyond the body or over `max_header`, a header that is
+    not a JSON object, duplicate names, a dtype outside `dtypes`, a shape whose size does not match its
+    byte range, offsets out of range, overlapping, or leaving holes (the format forbids holes).
+    """
+    view = memoryview(body).cast("B")
+    if len(view) < 8:
+        raise MalformedBody(f"safetensors body is {len(view)} bytes, shorter than its 8-byte header length")
+    n = int.from_bytes(view[:8], "little")
+    if n > max_header:
+        raise MalformedBody(f"safetensors header claims {n} bytes, over the {max_header}-byte cap")
+    if 8 + n > len(view):
+        raise MalformedBody(f"safetensors header claims {n} bytes but the body has only {len(view) - 8} "
+                            "after the length field (truncated body?)")
+    try:
+        header = json.loads(bytes(view[8:8 + n]), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBody(f"safetensors header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MalformedBody("safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise MalformedBody("safetensors __metadata__ must map names to strings")
+
+    data_start, data_len = 8 + n, len(view) - 8 - n
+    entries = [(name, *_entry(name, spec, data_len, dtypes)) for name, spec in header.items()]
+    cursor, prev = 0, None
+    for name, _dtype, _shape, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
+        if begin < cursor:
+            raise MalformedBody(f"safetensors tensor {name!r} overlaps tensor {prev!r}")
+        if begin > cursor:
+            raise MalformedBody(f"safetensors data has a hole of {begin - cursor} bytes before tensor {name!r}")
+        cursor, prev = end, name
+    if cursor != data_len:
+        raise MalformedBody(f"safetensors body has {data_len - cursor} bytes after its last tensor")
+
+    tensors = {}
+    writable = not view.readonly
+    base = torch.frombuffer(view, dtype=torch.uint8) if writable and len(view) else None
+    for name, dtype, shape, begin, end in entries:
+        tensors[name] = _tensor(view, base, dtype, shape, data_start + begin, data_start + end)
+    return meta, tensors
+
+
+def _entry(name: str, spec: Any, data_len: int,
+           dtypes: dict[str, torch.dtype]) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise MalformedBody(f"safetensors entry {name!r} must have exactly dtype, shape and data_offsets")
+    code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if code not in dtypes:
+        kind = "a non-float dtype" if code in OTHER_DTYPES or code in FLOAT_DTYPES else "an unknown dtype"
+        raise InvalidGradients(f"tensor {name!r} has {kind} {code!r}; accepted: {', '.join(dtypes)}",
+                               detail={"name": name, "dtype": code})
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(d) is int and d >= 0 for d in shape)):
+        raise MalformedBody(f"safetensors entry {name!r} has an invalid shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+        raise MalformedBody(f"safetensors entry {name!r} has invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if end > data_len:
+        raise MalformedBody(f"safetensors tensor {name!r} ends at byte {end}, past the {data_len}-byte data")
+    dtype = dtypes[code]
+    expected = math.prod(shape) * dtype.itemsize
+    if end - begin != expected:
+        raise MalformedBody(f"safetensors tensor {name!r} of shape {shape} and dtype {code} needs "
+                            f"{expected} bytes, its offsets span {end - begin}")
+    return dtype, tuple(shape), begin, end
+
+
+def _tensor(view: memoryview, base: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...],
+            start: int, stop: int) -> torch.Tensor:
+    if start == stop:
+        return torch.empty(shape, dtype=dtype)
+    if base is not None and base.data_ptr() % dtype.itemsize == 0 and start % dtype.itemsize == 0:
+        # A view of the request body: no copy. Safetensors data is little-endian, as is every host torch
+        # ships wheels for.
+        return base[start:stop].view(dtype).view(shape)
+    # A read-only or misaligned buffer: one copy into memory torch may own.
+    return torch.frombuffer(bytearray(view[start:stop]), dtype=dtype).view(shape)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate name {key!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,109 @@
+"""Every route but health, metrics and docs needs a live key (401 otherwise) holding its scope (403)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.api.health import PUBLIC_PATHS
+from service.app import create_app
+from service.config import Settings
+from tests.conftest import ALL_SCOPES
+
+# Names and ids that exist nowhere, so a request that gets past the auth check changes nothing.
+PATH_VALUES = {"name": "lstm", "version": "1", "alias": "prod", "key_id": "999999"}
+
+
+def protected_routes() -> list[tuple[str, str]]:
+    """Every operation the app serves (read from its OpenAPI document), less the public ones."""
+    paths = create_app(Settings(database_url="sqlite://")).openapi()["paths"]
+    return [(method.upper(), path) for path, ops in sorted(paths.items()) if path not in PUBLIC_PATHS
+            for method in sorted(ops) if method not in ("head", "options")]
+
+
+def url_of(path: str) -> str:
+    return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: PATH_VALUES.get(m.group(1), "x"), path)
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def scope_refusals(client, keys_without: dict[str, str], method: str, path: str) -> dict[str, dict]:
+    """scope -> the 403 error body, for each scope whose absence gets the route refused."""
+    refused = {}
+    for scope, key in keys_without.items():
+        response = client.request(method, url_of(path), headers=headers(key))
+        assert response.status_code != 401, (method, path, response.text)
+        if response.status_code == 403:
+            refused[scope] = response.json()["error"]
+    return refused
+
+
+@pytest.fixture
+def keys_without(make_key) -> dict[str, str]:
+    """scope -> a key holding every scope but that one."""
+    return {scope: make_key(*(s for s in ALL_SCOPES if s != scope)) for scope in ALL_SCOPES}
+
+
+ROUTES = protected_routes()
+
+
+def test_the_registry_and_key_routes_are_all_protected():
+    assert set(ROUTES) >= {("GET", "/v1/optimizers"), ("GET", "/v1/optimizers/{name}"), ("DELETE", "/v1/keys/{key_id}"),
+                           ("GET", "/v1/optimizers/{name}/versions/{version}/checkpoint")}
+
+
+def test_every_route_gets_401_for_no_key_a_wrong_key_and_a_revoked_key(client, make_key):
+    revoked = make_key(*ALL_SCOPES)
+    admin = headers(make_key("admin"))
+    key_id = next(k["id"] for k in client.get("/v1/keys", headers=admin).json() if k["prefix"] == revoked[:12])
+    assert client.delete(f"/v1/keys/{key_id}", headers=admin).status_code == 204
+    for method, path in ROUTES:
+        for sent, fragment in [({}, "missing API key"),
+                               (headers("l2o_wrong"), "invalid API key"),
+                               ({"Authorization": "Basic dXNlcjpwYXNz"}, "malformed"),
+                               (headers(revoked), "revoked")]:
+            response = client.request(method, url_of(path), headers=sent)
+            where = (method, path, sent)
+            assert response.status_code == 401, (where, response.text)
+            assert response.json()["error"]["code"] == "unauthorized", where
+            assert fragment in response.json()["error"]["message"], where
+            assert response.headers["www-authenticate"] == "Bearer", where
+
+
+def test_every_route_gets_403_for_a_key_without_its_scope(client, keys_without):
+    for method, path in ROUTES:
+        refused = scope_refusals(client, keys_without, method, path)
+        assert len(refused) <= 1, f"{method} {path} should need one scope, refused without each of {list(refused)}"
+        for scope, error in refused.items():
+            granted = [s for s in ALL_SCOPES if s != scope]
+            assert error == {"code": "forbidden", "message": f"this API key lacks the {scope!r} scope",
+                             "detail": {"required": scope, "granted": granted}}, (method, path)
+
+
+SCOPES = {
+    ("POST", "/v1/optimizers/{name}/versions"): "admin",
+    ("PUT", "/v1/optimizers/{name}/aliases/{alias}"): "admin",
+    ("DELETE", "/v1/optimizers/{name}/aliases/{alias}"): "admin",
+    ("DELETE", "/v1/optimizers/{name}/versions/{version}"): "admin",
+    ("POST", "/v1/keys"): "admin",
+    ("GET", "/v1/keys"): "admin",
+    ("DELETE", "/v1/keys/{key_id}"): "admin",
+    ("GET", "/v1/optimizers"): None,
+    ("GET", "/v1/optimizers/resolve"): None,
+    ("GET", "/v1/optimizers/{name}"): None,
+    ("GET", "/v1/optimizers/{name}/versions/{version}"): None,
+    ("GET", "/v1/optimizers/{name}/versions/{version}/checkpoint"): None,
+}
+
+
+def test_registry_writes_and_keys_need_admin_and_reads_any_key(client, keys_without):
+    for (method, path), scope in SCOPES.items():
+        assert list(scope_refusals(client, keys_without, method, path)) == ([scope] if scope else []), (method, path)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"])
+def test_health_metrics_and_docs_need_no_key(client, path):
+    assert client.get(path).status_code == 200

@@ -1,0 +1,69 @@
+"""Fixtures for the session tests: every store implementation, Redis for real on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from service.sessions.memory_store import MemoryStore
+from service.sessions.redis_store import RedisStore
+from service.sessions.store import SessionStore
+
+REDIS_URL = os.environ.get("L2O_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def redis_client():
+    """A client for the test Redis, or a skip (a failure under CI=true) when it is unreachable."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Redis at {REDIS_URL} is unreachable and CI=true: {exc}")
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    return client
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix no other test run uses; its keys are deleted afterwards."""
+    client = redis_client()
+    prefix = f"l2o-test:{uuid.uuid4().hex}:"
+    yield prefix
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request, tmp_path) -> SessionStore:
+    if request.param == "memory":
+        s: SessionStore = MemoryStore(snapshot=tmp_path / "sessions.safetensors")
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        s = RedisStore.from_url(REDIS_URL, prefix=prefix)
+    s.open()
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def settings(request, tmp_path):
+    """The app's settings for the HTTP tests: SQLite (the registry tests cover PostgreSQL), each store."""
+    import shutil
+
+    from service.config import Settings
+
+    db = tmp_path / "l2o.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_migrated"), db)
+    (tmp_path / "pretrained").mkdir(exist_ok=True)
+    store = {"memory": dict(session_store="memory"),
+             "redis": dict(session_store=REDIS_URL, session_key_prefix=request.getfixturevalue("redis_prefix")),
+             }[request.param]
+    return Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{db}", pretrained_dir=tmp_path / "pretrained",
+                    step_max_body_bytes=100_000, **store)
