@@ -21,6 +21,7 @@ import torch
 
 from service.lopt import Checkpoint, CoordinatewiseLSTM, OptimizerConfig
 from service.metatrain import EvaluationReport, MetaTrainSettings, evaluate, meta_train, tune_all
+from service.metatrain.baselines import LR_GRID
 from service.metatrain.naive import naive_throughput
 from service.tasks import make_family
 
@@ -60,12 +61,13 @@ ROWS = [
 # Meta-training recipes: the same ones the shipped checkpoints were made with (see their config's command).
 RECIPES = {
     "quadratic": ("quadratic", {}, MetaTrainSettings(iterations=300, instances=128, meta_lr=3e-3, eval_every=25)),
-    "mlp": ("mlp", {}, MetaTrainSettings(iterations=60, instances=32, meta_lr=3e-3, eval_every=10,
+    "mlp": ("mlp", {}, MetaTrainSettings(iterations=80, instances=16, meta_lr=3e-3, eval_every=10,
                                          eval_instances=8)),
 }
+# --quick evaluates the shipped checkpoints and times a few meta-iterations of each recipe.
 QUICK_SETTINGS = {
-    "quadratic": MetaTrainSettings(iterations=40, instances=64, meta_lr=3e-3, eval_every=10),
-    "mlp": MetaTrainSettings(iterations=4, instances=8, meta_lr=3e-3, eval_every=2, eval_instances=4),
+    "quadratic": MetaTrainSettings(iterations=5, instances=128, meta_lr=3e-3, eval_every=5),
+    "mlp": MetaTrainSettings(iterations=2, instances=16, meta_lr=3e-3, eval_every=2, eval_instances=4),
 }
 SHIPPED = {"quadratic": "quadratic-lstm", "mlp": "digits-mlp-lstm"}
 
@@ -96,15 +98,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     optimizers: dict[str, list[Checkpoint]] = {}
     meta: dict[str, Any] = {}
     for kind in ("quadratic", "mlp"):
-        if args.load:
-            optimizers[kind] = [Checkpoint.load(PRETRAINED / SHIPPED[kind])]
-            continue
         kind_seeds = seeds if kind == "quadratic" else seeds[:1]
         optimizers[kind], runs = [], []
+        if args.load or quick:
+            optimizers[kind] = [Checkpoint.load(PRETRAINED / SHIPPED[kind])]
+            kind_seeds = kind_seeds[:1]
         for seed in kind_seeds:
-            print(f"meta-training {kind} (seed {seed}) ...", flush=True)
+            print(f"meta-training {kind} (seed {seed}{', a few iterations to time it' if quick else ''}) ...",
+                  flush=True)
             ckpt, stats = train(kind, seed, quick)
-            optimizers[kind].append(ckpt)
+            if not (args.load or quick):
+                optimizers[kind].append(ckpt)
             runs.append(stats)
         naive = naive_yardstick(kind, quick)
         fast = statistics.median(r["optimizee_steps_per_s"] for r in runs)
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         family = make_family(row.family, **row.params)
         key = json.dumps([row.family, row.params, row.steps], sort_keys=True)
         if key not in tuned_cache:
-            tuned_cache[key] = tune_all(family, steps=row.steps, n_instances=8 if quick else 16, seed=0)
+            grid = {"grid": LR_GRID[::2]} if quick else {}
+            tuned_cache[key] = tune_all(family, steps=row.steps, n_instances=8 if quick else 16, seed=0, **grid)
         per_seed: list[EvaluationReport] = [
             evaluate(ckpt, family, n_instances=n_eval, steps=row.steps, seed=1, tuned=tuned_cache[key])
             for ckpt in optimizers[row.optimizer]]
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "best_baseline": report.best_baseline, "ratio": report.ratio, "seed_ratios": ratios,
             "target_ratio": TARGETS[row.name], "lstm_bf16_state": half, "paper": PAPER[row.name],
         })
-    return {"quick": quick, "loaded": bool(args.load), "rows": rows, "meta_training": meta,
+    return {"quick": quick, "loaded": bool(args.load or quick), "rows": rows, "meta_training": meta,
             "_reports": reports}
 
 
@@ -179,7 +184,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, under 3 minutes")
+    parser.add_argument("--quick", action="store_true",
+                        help="under 3 minutes: evaluate the shipped checkpoints on fewer instances, time a short run")
     parser.add_argument("--load", action="store_true", help="evaluate the shipped pretrained optimizers")
     parser.add_argument("--json", type=Path, default=Path("bench/results/paper.json"))
     parser.add_argument("--plot", type=Path, default=Path("bench/results/paper.png"))

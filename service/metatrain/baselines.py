@@ -20,8 +20,8 @@ BASELINES: dict[str, OptimizerFactory] = {
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
 }
 
-# Half-decade steps from 1e-4 to 3: wide enough for every family here.
-LR_GRID: tuple[float, ...] = tuple(round(10 ** (e / 2), 10) for e in range(-8, 1)) + (3.0,)
+# Half-decade steps from 1e-4 to 10: wide enough for every family here.
+LR_GRID: tuple[float, ...] = tuple(round(10 ** (e / 2), 10) for e in range(-8, 3))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ embedded default, and the pretrained optimizers shipped in service/pretrained/<n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -46,6 +47,19 @@ def ensure_admin_key(db: Database, path: Path) -> Path | None:
     return path
 
 
+def read_evaluation(folder: Path) -> dict | None:
+    """The evaluation report `l2o train` wrote beside the checkpoint, when there is one."""
+    path = folder / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as exc:
+        log.error("ignoring %s: not valid JSON (%s)", path, exc)
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def register_pretrained(db: Database, directory: Path) -> list[str]:
     """Register each <directory>/<name>/ checkpoint whose bytes are not yet a version of <name>.
     Returns the references registered. A broken folder is logged and skipped, never fatal."""
@@ -59,8 +73,10 @@ def register_pretrained(db: Database, directory: Path) -> list[str]:
         try:
             Checkpoint.load(folder)  # checks config.json's digest against the weights file
             data = (folder / WEIGHTS_FILE).read_bytes()
+            evaluation = read_evaluation(folder)
             with db.session() as session:
-                version = registry.register_if_new(session, folder.name, data, source="pretrained")
+                version = registry.register_if_new(session, folder.name, data, source="pretrained",
+                                                   evaluation=evaluation)
                 reference = version.reference if version is not None else None
                 session.commit()
         except (CheckpointError, L2OError) as exc:

@@ -126,9 +126,10 @@ def delete_version(db: Session, name: str, number: int, *,
     repository.delete_version(db, version)
 
 
-def register_if_new(db: Session, name: str, data: bytes, *, source: str) -> OptimizerVersion | None:
+def register_if_new(db: Session, name: str, data: bytes, *, source: str,
+                    evaluation: dict[str, Any] | None = None) -> OptimizerVersion | None:
     """Register `data` under `name` unless a version of `name` already has these exact bytes."""
     if repository.find_version_by_digest(db, check_name(name), sha256_hex(data)) is not None:
         return None
-    return register_version(db, name, data, source=source)
+    return register_version(db, name, data, source=source, evaluation=evaluation)
 
