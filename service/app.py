@@ -23,13 +23,17 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import service
-from service.api import health, jobs, keys, optimizers, sessions
+from service.api import dashboard, health, jobs, keys, optimizers, sessions
+from service.api.body import BodyLimitMiddleware
+from service.api.key_cache import KeyCache
+from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
 from service.config import Settings
-from service.errors import L2OError
+from service.errors import DatabaseNotReady, L2OError
 from service.metrics import MetricsMiddleware
 from service.registry import bootstrap, migrate
 from service.registry.db import Database
@@ -59,8 +63,9 @@ def start_registry(settings: Settings, db: Database) -> None:
         bootstrap.register_pretrained(db, settings.pretrained_dir)
 
 
-ROUTERS = [health.router, optimizers.router, keys.router, sessions.router, jobs.router]
-COMPONENTS: list[Component] = [registry_component, sessions.sessions_component, jobs.jobs_component]
+ROUTERS = [health.router, optimizers.router, keys.router, sessions.router, jobs.router, dashboard.router]
+COMPONENTS: list[Component] = [registry_component, rate_limit_component, sessions.sessions_component,
+                               jobs.jobs_component]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(settings.db_url)
     app.state.is_version_in_use = never_in_use
     app.state.readiness = {"database": lambda: check_database(app.state.db)}
+    app.state.rate_limiter = None  # set by rate_limit_component when L2O_RATE_LIMIT_PER_S > 0
+    app.state.key_cache = KeyCache(settings.auth_grace_s)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     for router in ROUTERS:
         app.include_router(router)
@@ -119,6 +127,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail), None, exc.headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unreachable on %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return error_response(request, 503, DatabaseNotReady.code, "the database is unreachable; retry shortly",
+                              None, {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -18,6 +18,13 @@
     L2O_SESSION_MAX_PER_KEY     most live sessions one API key may hold (default: 16)
     L2O_SESSION_MAX_STATE_BYTES most bytes of LSTM state held for all sessions together (default: 2 GiB)
     L2O_STEP_MAX_BODY_BYTES     largest step request body accepted, else 413 (default: 64 MiB)
+    L2O_MAX_BODY_BYTES    largest body of any other request (JSON specs: keys, aliases, jobs), else 413 (default: 1 MiB)
+    L2O_RATE_LIMIT_PER_S  requests per second each API key may make on average, else 429 with Retry-After
+                          (default: 0, no limit); counted per process with the memory store, in Redis with Redis
+    L2O_RATE_LIMIT_BURST  requests a key may make at once before the average applies (default: 0, meaning the
+                          rate rounded up, at least 1)
+    L2O_AUTH_GRACE_S      while the database is unreachable, a key checked valid within this many seconds keeps
+                          working, so live sessions keep stepping (default: 300; 0: every request needs the database)
     L2O_JOB_EXECUTOR      who runs meta-training jobs: `auto` (default: `embedded` on SQLite, `procrastinate` on
                           PostgreSQL), `embedded` (a background thread in the API process, one job at a time) or
                           `procrastinate` (the PostgreSQL task queue; `l2o worker` processes run the jobs)
@@ -68,6 +75,10 @@ class Settings(BaseSettings):
     session_max_per_key: int = Field(default=16, ge=1)
     session_max_state_bytes: int = Field(default=2 * 1024**3, ge=1)
     step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=0, ge=0)
+    auth_grace_s: float = Field(default=300.0, ge=0)
     job_executor: Literal["auto", "embedded", "procrastinate"] = "auto"
     job_device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     job_lease_s: float = Field(default=30.0, gt=0)

@@ -39,6 +39,7 @@ framework, so services, workers and the CLI raise the same errors.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -134,7 +135,8 @@ class RateLimited(L2OError):
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         if retry_after is not None:
-            kwargs.setdefault("headers", {"Retry-After": str(max(1, round(retry_after)))})
+            # Whole seconds (RFC 9110), rounded up: a client that waits what it is told is not refused again.
+            kwargs.setdefault("headers", {"Retry-After": str(max(1, math.ceil(retry_after)))})
         super().__init__(message, **kwargs)
 
 

@@ -1,15 +1,26 @@
-"""Reading a request body under a size limit: refused with 413 before it is read whole."""
+"""Request bodies under a size limit: refused with 413 before they are read whole.
+
+Every request's body is capped at L2O_MAX_BODY_BYTES (the JSON specs of keys, aliases and jobs) by
+BodyLimitMiddleware, which counts bytes as they arrive, so a body sent without a Content-Length (chunked)
+is cut off as soon as it passes the cap. The routes that take large raw bodies (steps, checkpoint uploads,
+session states) read them with `read_body`, which raises the cap for that request to their own setting.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Any
+
+from fastapi import HTTPException, Request
 
 from service.errors import PayloadTooLarge
+
+LIMIT_SCOPE_KEY = "l2o.body_limit"  # (bytes, setting) for the current request
 
 
 async def read_body(request: Request, limit: int, setting: str) -> bytearray:
     """The body as a writable buffer (so tensors can view it without a copy), or 413 as soon as the
     declared Content-Length or the bytes counted so far pass `limit`."""
+    request.scope[LIMIT_SCOPE_KEY] = (limit, setting)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit, setting)
@@ -22,6 +33,53 @@ async def read_body(request: Request, limit: int, setting: str) -> bytearray:
 
 
 def _too_large(size: int | None, limit: int, setting: str) -> PayloadTooLarge:
+    return PayloadTooLarge(_message(size, limit, setting), detail={"limit": limit, "setting": setting})
+
+
+def _message(size: int | None, limit: int, setting: str) -> str:
     what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
-    return PayloadTooLarge(f"the request body is {what}, over the limit of {limit} bytes ({setting})",
-                           detail={"limit": limit, "setting": setting})
+    return f"the request body is {what}, over the limit of {limit} bytes ({setting})"
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` inside a route. An HTTPException, because FastAPI re-raises those from its own
+    body parsing (anything else becomes a 400); the app's handler renders it as payload_too_large."""
+
+    def __init__(self, size: int | None, limit: int, setting: str) -> None:
+        super().__init__(status_code=413, detail=_message(size, limit, setting))
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI middleware: counts each request's body bytes as the app receives them and stops at the cap."""
+
+    def __init__(self, app: Any, limit: int, setting: str = "L2O_MAX_BODY_BYTES") -> None:
+        self.app, self.limit, self.setting = app, limit, setting
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[LIMIT_SCOPE_KEY] = (self.limit, self.setting)
+        received = 0
+        declared = _content_length(scope)
+
+        async def receive_within_limit() -> dict[str, Any]:
+            nonlocal received
+            limit, setting = scope[LIMIT_SCOPE_KEY]  # read_body may have raised it for this request
+            if declared is not None and declared > limit:
+                raise BodyTooLarge(declared, limit, setting)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(None, limit, setting)
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+
+def _content_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

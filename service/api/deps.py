@@ -1,6 +1,7 @@
 """Typed dependencies for handlers: the database session, the caller's API key, scope checks.
 
-    def handler(db: DbSession, key: AdminKey) -> ...:      # 401 without a valid key, 403 without `admin`
+    def handler(db: DbSession, key: AdminKey) -> ...:      # 401 without a valid key, 403 without `admin`,
+                                                           # 429 when the key is over its rate limit
 
 Handlers own the transaction: they call a service function, then `db.commit()`. A session that ends
 without commit is rolled back, so an error leaves nothing half-written.
@@ -15,9 +16,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.api.key_cache import KeyCache
+from service.api.ratelimit import check_rate
 from service.config import Settings
-from service.errors import Forbidden, Unauthorized
+from service.errors import DatabaseNotReady, Forbidden, Unauthorized
 from service.registry import keys
+from service.registry.db import UNREACHABLE
 from service.registry.keys import Scope
 from service.registry.models import ApiKey
 
@@ -43,7 +47,18 @@ def current_key(request: Request, db: DbSession,
         if request.headers.get("authorization"):
             raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    return keys.authenticate(db, credentials.credentials)
+    cache: KeyCache = request.app.state.key_cache
+    try:
+        key = keys.authenticate(db, credentials.credentials)
+    except UNREACHABLE as exc:
+        key = cache.recall(keys.hash_key(credentials.credentials))
+        if key is None:
+            raise DatabaseNotReady("the database is unreachable, so the API key cannot be checked; retry "
+                                   "shortly", headers={"Retry-After": "1"}) from exc
+    else:
+        cache.remember(key)
+    check_rate(request.app.state.rate_limiter, str(key.id))
+    return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]

@@ -10,14 +10,21 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api.body import read_body
 from service.api.deps import AdminKey, AppSettings, CurrentKey, DbSession, VersionInUseCheck
-from service.api.schemas import AliasOut, AliasUpdate, OptimizerDetail, OptimizerSummary, VersionDetail
+from service.api.schemas import (
+    MAX_DB_INT,
+    AliasOut,
+    AliasUpdate,
+    OptimizerDetail,
+    OptimizerSummary,
+    VersionDetail,
+)
 from service.errors import BadRequest, UnsupportedMediaType
 from service.registry import service as registry
 from service.registry.names import check_name
 
 router = APIRouter(prefix="/v1/optimizers", tags=["optimizers"])
 
-VersionNumber = Annotated[int, Path(ge=1, description="version number, from 1")]
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="version number, from 1")]
 DIGEST_HEADER = "X-L2O-SHA256"
 UPLOAD_TYPES = ("application/octet-stream", "application/x-safetensors")
 
@@ -115,7 +122,7 @@ def _json_header(header: str, value: str | None) -> dict[str, Any] | None:
         return None
     try:
         parsed = json.loads(value)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser recurses
         raise BadRequest(f"{header} is not valid JSON: {exc}", detail={"header": header}) from exc
     if not isinstance(parsed, dict):
         raise BadRequest(f"{header} must be a JSON object", detail={"header": header})

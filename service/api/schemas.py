@@ -11,6 +11,10 @@ from service.registry.keys import Scope
 from service.registry.models import Alias, ApiKey, Optimizer, OptimizerVersion
 from service.sessions.record import SessionInfo
 
+# Ids and version numbers are the database's INTEGER, 32-bit on PostgreSQL: a larger number names nothing,
+# and is refused as invalid input before it reaches a query that could not even bind it.
+MAX_DB_INT = 2**31 - 1
+
 
 class ErrorBody(BaseModel):
     code: str
@@ -73,7 +77,7 @@ class OptimizerDetail(OptimizerSummary):
 
 
 class AliasUpdate(BaseModel):
-    version: int = Field(ge=1, description="the version number the alias should point to")
+    version: int = Field(ge=1, le=MAX_DB_INT, description="the version number the alias should point to")
 
 
 class AliasOut(BaseModel):

@@ -92,7 +92,7 @@ class Checkpoint:
             raise CheckpointError("checkpoint has no config: none in its metadata and none given")
         try:
             cfg_dict = json.loads(embedded) if embedded is not None else config
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CheckpointError(f"embedded config is not valid JSON: {exc}") from exc
         try:
             cfg = OptimizerConfig.from_dict(cfg_dict)
@@ -136,7 +136,7 @@ def read_metadata(data: bytes) -> dict[str, str]:
         raise CheckpointError(f"not a valid safetensors file: header length {n} exceeds the body")
     try:
         header = json.loads(data[8:8 + n])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # a hostile header can nest deeper than the parser recurses
         raise CheckpointError(f"not a valid safetensors file: header is not JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise CheckpointError("not a valid safetensors file: header is not a JSON object")

@@ -1,30 +1,184 @@
 """The inference kernel: the no-grad step that the server runs.
 
-Coordinates are processed in fixed-size blocks, so a coordinate's update never
-depends on how many other coordinates share the call (batch invariance).
+    updates, new_state = step_inference(config, weights, grads, state)          # pure
+    updates, state = step_inference_(config, weights, grads, state)             # writes into state.hc
+    updates, state = step_inference_(config, weights, grads, state, out_state=buffer, out_updates=u)
+
+Two implementations sit behind these functions:
+
+- native (CPU): one fused C loop (lstm_step.c, built by `native`) that keeps each tile of coordinates
+  in registers from the gate products to the new state, on `torch.get_num_threads()` threads. It is
+  built, or loaded from its on-disk cache, by `warmup(config)` at start-up, so no request waits for a
+  compiler.
+- torch (other devices, or a CPU without a C compiler; L2O_KERNEL=torch forces it): `step_autograd`
+  over fixed blocks of BLOCK coordinates, the last one zero-padded, so every matrix product has the
+  same shape.
+
+Batch invariance: a coordinate's update and new state are bit-identical whatever other coordinates
+share the call, as long as its slice starts at a multiple of BLOCK (`padded_len` gives the aligned
+length a batcher should reserve per slice). The native kernel is stronger: every coordinate runs the
+same lane-wise instructions, so its bits do not depend on its offset at all. Bits can differ between
+the two implementations and between CPU types (the native code is compiled for the host CPU); each
+agrees with `step_autograd` to float32 tolerance.
+
+State precision: `state.hc` may be float32, bfloat16 or float16. The step computes in float32 and
+writes the new state in the dtype it came in, so a half-precision state halves the bytes stored and
+moved per coordinate.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import time
+
 import torch
 
+from service.lopt import native
 from service.lopt.config import OptimizerConfig
+from service.lopt.functional import step_autograd
+from service.lopt.network import weight_shapes
 from service.lopt.state import LSTMState
 
 BLOCK = 4096
+STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BACKENDS = ("auto", "native", "torch")
 
 
-@torch.no_grad()
+def padded_len(n: int) -> int:
+    """n rounded up to a whole number of blocks: the room a batcher gives a slice of n coordinates so
+    that the next slice starts on a block boundary."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return -(-n // BLOCK) * BLOCK
+
+
+def requested_backend() -> str:
+    choice = os.environ.get("L2O_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in BACKENDS:
+        raise ValueError(f"L2O_KERNEL must be one of {BACKENDS}, got {choice!r}")
+    return choice
+
+
+def backend(config: OptimizerConfig, device: torch.device | str = "cpu") -> str:
+    """'native' or 'torch': what a step on `device` runs. The first call for an architecture may
+    compile the native kernel (that is what `warmup` is for)."""
+    choice = requested_backend()
+    if choice == "torch" or torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        native.load(config)
+    except native.NativeError:
+        if choice == "native":
+            raise
+        return "torch"
+    return "native"
+
+
+def warmup(config: OptimizerConfig) -> float:
+    """Build (or load from the cache) everything a CPU step of this architecture needs and run one
+    small step per state dtype; returns the seconds it took. Call it at start-up."""
+    start = time.perf_counter()
+    backend(config)
+    weights = {name: torch.zeros(shape) for name, shape in weight_shapes(config).items()}
+    n = 3 * 16 + 1
+    grads = torch.linspace(-1.0, 1.0, n)
+    for dtype in STATE_DTYPES:
+        state = LSTMState(torch.zeros((n, config.num_layers, 2, config.hidden_size), dtype=dtype))
+        step_inference(config, weights, grads, state)
+    return time.perf_counter() - start
+
+
 def step_inference(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
                    state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-    from service.lopt.functional import step_autograd
+    """One step for every coordinate; returns (updates, new_state). Leaves `grads` and `state` as they
+    were (a caller may retry from the old state)."""
+    hc = _check_state(config, grads, state.hc)
+    out = torch.empty(hc.shape, dtype=hc.dtype, device=hc.device)
+    return step_inference_(config, weights, grads, state, out_state=out)
 
+
+def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
+                    state: LSTMState, *, out_state: torch.Tensor | None = None,
+                    out_updates: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMState]:
+    """The same step, writing the new state into `out_state` (default: `state.hc` itself, in place)
+    and the updates into `out_updates` (default: a new tensor).
+
+    For a server that keeps preallocated state buffers: step in place when the old state is not
+    needed again, or double-buffer (old in one buffer, new into the other) when it is, e.g. to retry.
+    Fresh memory is expensive at scale (at a million coordinates the operating system's zeroing of a
+    new state costs about as much as the step itself), so reusing buffers is the fast path.
+    `out_state` must be contiguous with the state's shape, dtype and device; it may be `state.hc`
+    itself but must not otherwise overlap it.
+    """
+    hc = _check_state(config, grads, state.hc)
+    _check_weights(config, weights)
+    n = hc.shape[0]
+    if out_state is None:
+        if not state.hc.is_contiguous():
+            raise ValueError("an in-place step needs a contiguous state tensor")
+        out_state = state.hc
+    _check_out("out_state", out_state, hc.shape, hc.dtype, hc.device)
+    if out_updates is None:
+        out_updates = torch.empty(n, dtype=torch.float32, device=hc.device)
+    _check_out("out_updates", out_updates, (n,), torch.float32, hc.device)
+    g = grads.to(torch.float32).contiguous()
+    if n and backend(config, hc.device) == "native":
+        native.load(config).run(config, weights, g, hc.contiguous(), out_state, out_updates,
+                                torch.get_num_threads())
+    elif n:
+        with torch.no_grad():
+            _step_blocks(config, weights, g, hc, out_state, out_updates)
+    return out_updates, LSTMState(out_state)
+
+
+def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
+    if grads.dim() != 1 or not grads.dtype.is_floating_point:
+        raise ValueError(f"grads must be a flat float tensor (n_coords,), got {grads.dtype} {tuple(grads.shape)}")
+    shape = (grads.shape[0], config.num_layers, 2, config.hidden_size)
+    if tuple(hc.shape) != shape:
+        raise ValueError(f"state has shape {tuple(hc.shape)}, expected {shape} for {grads.shape[0]} coordinates")
+    if hc.dtype not in STATE_DTYPES:
+        raise ValueError(f"state dtype must be one of float32, bfloat16, float16, got {hc.dtype}")
+    if grads.device != hc.device:
+        raise ValueError(f"grads are on {grads.device} but the state is on {hc.device}")
+    return hc
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes(hidden: int, layers: int, inputs: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    cfg = OptimizerConfig(hidden_size=hidden, num_layers=layers, preprocess="log_sign" if inputs == 2 else "none")
+    return tuple(weight_shapes(cfg).items())
+
+
+def _check_weights(config: OptimizerConfig, weights: dict[str, torch.Tensor]) -> None:
+    for name, shape in _shapes(config.hidden_size, config.num_layers, config.input_size):
+        w = weights.get(name)
+        if w is None or tuple(w.shape) != shape:
+            raise ValueError(f"weight {name} must have shape {shape}, got "
+                             f"{'nothing' if w is None else tuple(w.shape)}")
+
+
+def _check_out(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device) -> None:
+    if tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        raise ValueError(f"{name} must be {dtype} of shape {tuple(shape)} on {device}, "
+                         f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _step_blocks(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
+                 hc: torch.Tensor, out_state: torch.Tensor, out_updates: torch.Tensor) -> None:
+    """The torch implementation: BLOCK coordinates per call, the last block zero-padded, so each matrix
+    product sees one shape and a block's results do not depend on the other blocks."""
     n = grads.shape[0]
-    updates = torch.empty(n, dtype=torch.float32, device=grads.device)
-    new_hc = torch.empty_like(state.hc)
     for start in range(0, n, BLOCK):
         stop = min(start + BLOCK, n)
-        u, s = step_autograd(config, weights, grads[start:stop], LSTMState(state.hc[start:stop]))
-        updates[start:stop] = u
-        new_hc[start:stop] = s.hc
-    return updates, LSTMState(new_hc)
+        g, h = grads[start:stop], hc[start:stop]
+        if stop - start < BLOCK:
+            g = torch.cat([g, g.new_zeros(BLOCK - (stop - start))])
+            h = torch.cat([h, h.new_zeros((BLOCK - (stop - start), *h.shape[1:]))])
+        u, s = step_autograd(config, weights, g, LSTMState(h))
+        out_updates[start:stop] = u[: stop - start]
+        out_state[start:stop] = s.hc[: stop - start]

@@ -6,13 +6,22 @@ repositories only flush. A session closed without commit rolls back, so an error
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+# What the driver raises when the database cannot be reached (refused, reset, timed out, restarting): a
+# 503 to clients, not a 500, and a cue to retry.
+UNREACHABLE = (OperationalError, InterfaceError)
+CONNECT_TIMEOUT_S = 5  # an unreachable host fails a request in seconds, not the OS's minutes
 
 
 def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
@@ -24,6 +33,8 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            kwargs.setdefault("connect_args", {"connect_timeout": CONNECT_TIMEOUT_S})
         return create_engine(url, **kwargs)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +70,17 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self.sessionmaker() as session:
+        session = self.sessionmaker()
+        try:
             yield session
+        finally:
+            try:
+                session.close()
+            except UNREACHABLE:
+                # The connection died under the session (the database went away): there is nothing left to
+                # roll back, and the pool has dropped the connection. Raising here would fail a request that
+                # had already been answered.
+                log.warning("database connection lost; closed the session without its rollback")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

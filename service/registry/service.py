@@ -58,6 +58,10 @@ def get_version(db: Session, name: str, number: int) -> OptimizerVersion:
     return version
 
 
+# `name@latest` means the newest version unless an alias of that name has been set explicitly.
+LATEST = "latest"
+
+
 def resolve(db: Session, ref: str | Reference) -> OptimizerVersion:
     """`name` (newest version), `name:N` or `name@alias` -> the version row (checkpoint bytes deferred)."""
     ref = ref if isinstance(ref, Reference) else Reference.parse(ref)
@@ -65,6 +69,8 @@ def resolve(db: Session, ref: str | Reference) -> OptimizerVersion:
         return get_version(db, ref.name, ref.version)
     if ref.alias is not None:
         version = repository.get_version_by_alias(db, ref.name, ref.alias)
+        if version is None and ref.alias == LATEST:
+            return resolve(db, Reference(ref.name))
         if version is None:
             get_optimizer(db, ref.name)
             raise NotFound(f"optimizer {ref.name!r} has no alias {ref.alias!r}",

@@ -393,7 +393,7 @@ def read_state(body: bytes | bytearray) -> ExportedState:
     try:
         pairs = json.loads(meta["shapes"])
         shapes = check_shapes({name: shape for name, shape in pairs})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise MalformedBody(f"the state's metadata shapes must be a JSON list of [name, shape]: {exc}") from exc
     hc = tensors["hc"]
     if not bool(torch.isfinite(hc).all()):

@@ -1,0 +1,206 @@
+"""BaseClient: everything the two clients share, which is everything but I/O.
+
+It finds the server and the key, builds requests, decides what to retry and how long to wait, and turns
+error answers into exceptions. Client and AsyncClient (client/_client.py) only send and sleep.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import client
+from client import _constants as c
+from client._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    L2OError,
+    SessionLostError,
+    SessionNotFoundError,
+    error_class,
+)
+
+log = logging.getLogger("l2o.client")
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """One API call, before it is sent (and before each retry of it)."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    content: bytes | None = None
+    headers: Mapping[str, str] | None = None
+    # None: by method. A step says True: its step number makes a repeat harmless.
+    idempotent: bool | None = None
+    timeout: httpx.Timeout | None = None
+    stream: bool = False
+    session_id: str | None = None  # the session the call is about, to tell a lost session from a wrong id
+
+    @property
+    def safe_to_repeat(self) -> bool:
+        return self.idempotent if self.idempotent is not None else self.method.upper() in IDEMPOTENT_METHODS
+
+
+def data_dir() -> Path:
+    """The embedded server's data directory, found as service/config.py finds it."""
+    if os.environ.get("L2O_DATA_DIR"):
+        return Path(os.environ["L2O_DATA_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "l2o"
+
+
+def find_api_key() -> str | None:
+    """L2O_API_KEY, else the key the embedded server writes to <data_dir>/admin.key on first start."""
+    key = os.environ.get(c.KEY_ENV, "").strip()
+    if key:
+        return key
+    try:
+        return (data_dir() / "admin.key").read_text().strip() or None
+    except OSError:
+        return None
+
+
+class BaseClient:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
+                 timeout: float | httpx.Timeout | None = None, max_retries: int = c.DEFAULT_MAX_RETRIES,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.base_url = (base_url or os.environ.get(c.URL_ENV) or c.DEFAULT_URL).rstrip("/")
+        key = api_key or find_api_key()
+        if not key:
+            raise L2OError(f"no API key: pass api_key=..., set {c.KEY_ENV}, or start the embedded server once "
+                           f"(`l2o serve`) so that it writes {data_dir() / 'admin.key'}")
+        self.api_key = key
+        self.timeout = (timeout if isinstance(timeout, httpx.Timeout)
+                        else httpx.Timeout(timeout, connect=min(timeout, 5.0)) if timeout is not None
+                        else c.DEFAULT_TIMEOUT)
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.max_retries = max_retries
+        self.headers = {"Authorization": f"Bearer {key}", "User-Agent": f"l2o-python/{client.__version__}",
+                        **(headers or {})}
+        # Sessions this client opened and has not deleted: a 404 on one of them means the server lost it.
+        self._own_sessions: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    # --- requests ------------------------------------------------------------------------------------------
+
+    def request_args(self, options: RequestOptions) -> dict[str, Any]:
+        """Arguments for httpx's build_request: rebuilt on every attempt, so a retry sends the same bytes."""
+        return {"method": options.method, "url": self.base_url + options.path, "params": options.params,
+                "json": options.json, "content": options.content,
+                "headers": {**self.headers, **(options.headers or {})},
+                "timeout": options.timeout or self.timeout}
+
+    # --- retries ------------------------------------------------------------------------------------------------
+
+    def should_retry(self, options: RequestOptions, attempt: int, *, response: httpx.Response | None = None,
+                     error: Exception | None = None) -> bool:
+        if attempt >= self.max_retries:
+            return False
+        if error is not None:
+            if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+                return True  # nothing reached the server: always safe
+            return options.safe_to_repeat and isinstance(
+                error, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
+        assert response is not None
+        if response.status_code == 429:
+            # Refused before any work was done; but a wait longer than the cap is the caller's to decide.
+            after = retry_after(response)
+            return after is None or after <= c.MAX_RETRY_AFTER
+        return response.status_code in c.RETRY_STATUSES and options.safe_to_repeat
+
+    def done_before(self, options: RequestOptions, attempt: int, response: httpx.Response) -> bool:
+        """A retried DELETE that finds nothing: the attempt whose answer was lost deleted it."""
+        return attempt > 0 and options.method.upper() == "DELETE" and response.status_code == 404
+
+    def retry_delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        after = retry_after(response) if response is not None else None
+        if after is not None:
+            return min(after, c.MAX_RETRY_AFTER)
+        backoff = min(c.INITIAL_RETRY_DELAY * 2**attempt, c.MAX_RETRY_DELAY)
+        return backoff * (0.75 + random.random() / 4)  # jitter, so clients that failed together do not return together
+
+    def log_retry(self, options: RequestOptions, attempt: int, delay: float, why: str) -> None:
+        log.info("%s %s: %s; retry %d of %d in %.2f s", options.method, options.path, why, attempt + 1,
+                 self.max_retries, delay)
+
+    # --- answers -------------------------------------------------------------------------------------------
+
+    def connection_error(self, exc: httpx.TransportError, request: httpx.Request | None) -> APIConnectionError:
+        cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
+        what = "timed out" if cls is APITimeoutError else "failed"
+        return cls(f"the request to {self.base_url} {what} ({type(exc).__name__}: {exc}); is the l2o server running? "
+                   f"set {c.URL_ENV} or base_url to its address", request=request)
+
+    def status_error(self, response: httpx.Response, options: RequestOptions) -> APIStatusError:
+        """The exception for an error answer (its body already read)."""
+        code, message, detail = None, None, None
+        try:
+            error = response.json()["error"]
+            code, message, detail = error.get("code"), error.get("message"), error.get("detail")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+        if not message:
+            message = (response.text[:300].strip() or response.reason_phrase
+                       or f"HTTP {response.status_code}")
+        cls = error_class(response.status_code, code)
+        if issubclass(cls, SessionNotFoundError) and options.session_id in self._own_sessions:
+            self._own_sessions.discard(options.session_id)
+            cls = SessionLostError
+            message = (f"session {options.session_id} is gone from the server, though this client opened it and "
+                       "did not delete it: the server most likely restarted and lost its in-memory sessions. "
+                       "Resume from your last optimizer.state_dict(): optimizer.load_state_dict(state) opens a new "
+                       "session that continues it (or POST the state to /v1/sessions/resume)")
+        return cls(message, response=response, code=code, detail=detail)
+
+    def json_of(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise APIResponseError(f"{response.request.method} {response.request.url.path} answered "
+                                   f"{response.headers.get('content-type', 'no content type')}, not JSON: {exc}",
+                                   request=response.request) from exc
+
+    def opened_session(self, session_id: str) -> None:
+        self._own_sessions.add(session_id)
+
+    def deleted_session(self, session_id: str) -> None:
+        self._own_sessions.discard(session_id)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The server's Retry-After in seconds (a number or an HTTP date), if it sent one."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+__all__ = ["APIError", "BaseClient", "RequestOptions", "data_dir", "find_api_key", "retry_after"]

@@ -1,0 +1,320 @@
+"""A learned optimizer as a torch.optim.Optimizer: RemoteOptimizer steps through the service, LocalOptimizer
+runs the same registry version in this process. Given the same gradients they make the same updates, bit
+for bit, and their state_dicts are interchangeable.
+
+    opt = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client())
+    for x, y in data:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()                               # sends every gradient, applies θ ← θ + update in place
+    torch.save(opt.state_dict(), "opt.pt")       # includes the server-side LSTM state and the step count
+    opt2 = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client())
+    opt2.load_state_dict(torch.load("opt.pt"))   # the next step resumes the run in a new session
+
+What the optimizer updates: the parameters that have a gradient at its first step, and any that gain one
+later (or arrive with add_param_group), each under its name (from named_parameters) or "group.index". The
+session is opened at the first step, so building an optimizer and loading a state_dict cost no round trip.
+A parameter of the session that has no gradient at some step is sent a zero gradient (the LSTM sees the
+step) and left as it is, like torch's own optimizers leave it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from client._client import Client
+from client._exceptions import APIResponseError, NotFoundError
+from client.types import CheckpointFile, SessionState, sha256_hex
+
+STATE_KEY = "l2o"
+STATE_FORMAT = "l2o-optimizer-state/1"
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class OptimizerState:
+    """What resumes a run: the pinned version, the step count, and the LSTM state of every coordinate."""
+
+    optimizer: str
+    version: int
+    digest: str
+    step: int
+    shapes: Shapes                # the session's parameters, in the order their coordinates are laid out
+    hc: torch.Tensor              # (coordinates, layers, (h, c), hidden), float32
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and one tensor, so torch.save / torch.load(weights_only=True) round-trip it."""
+        return {"format": STATE_FORMAT, "optimizer": self.optimizer, "version": self.version, "digest": self.digest,
+                "step": self.step, "names": list(self.shapes), "shapes": [list(s) for s in self.shapes.values()],
+                "hc": self.hc}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> OptimizerState:
+        if entry.get("format") != STATE_FORMAT:
+            raise ValueError(f"the state_dict's {STATE_KEY!r} entry has format {entry.get('format')!r}, "
+                             f"expected {STATE_FORMAT!r}")
+        shapes = {str(n): tuple(int(d) for d in s) for n, s in zip(entry["names"], entry["shapes"], strict=True)}
+        hc = torch.as_tensor(entry["hc"], dtype=torch.float32)
+        if hc.shape[:1] != (n_coords(shapes),):
+            raise ValueError(f"the state holds {hc.shape[0]} coordinates, its shapes {n_coords(shapes)}")
+        return cls(str(entry["optimizer"]), int(entry["version"]), str(entry["digest"]), int(entry["step"]),
+                   shapes, hc)
+
+    def to_session_state(self) -> SessionState:
+        return SessionState(self.optimizer, self.version, self.digest, self.step, self.shapes, self.hc.numpy())
+
+    @classmethod
+    def from_session_state(cls, s: SessionState) -> OptimizerState:
+        return cls(s.optimizer, s.version, s.digest, s.step, dict(s.shapes), torch.from_numpy(s.hc))
+
+    def remap(self, shapes: Shapes) -> OptimizerState:
+        """The state for a session over `shapes`: rows of parameters kept, zeros (a fresh LSTM state) for new
+        ones. Refused when a kept parameter changed shape."""
+        changed = [n for n in self.shapes if n in shapes and shapes[n] != self.shapes[n]]
+        if changed:
+            raise ValueError(f"parameters changed shape since the state was made: {changed[:5]}")
+        offsets, at = {}, 0
+        for name, shape in self.shapes.items():
+            offsets[name] = (at, at + math.prod(shape))
+            at += math.prod(shape)
+        rows = []
+        for name, shape in shapes.items():
+            if name in offsets:
+                rows.append(self.hc[offsets[name][0]:offsets[name][1]])
+            else:
+                rows.append(self.hc.new_zeros((math.prod(shape), *self.hc.shape[1:])))
+        return OptimizerState(self.optimizer, self.version, self.digest, self.step, dict(shapes), torch.cat(rows))
+
+
+def n_coords(shapes: Shapes) -> int:
+    return sum(math.prod(s) for s in shapes.values())
+
+
+class Backend(Protocol):
+    """Where the LSTM runs: a server session or this process."""
+
+    def open(self, shapes: Shapes, state: OptimizerState | None) -> None: ...
+    def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def export(self) -> OptimizerState: ...
+    def close(self) -> None: ...
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """The torch side both optimizers share; a Backend does the stepping."""
+
+    def __init__(self, params: Iterable[Any], backend: Backend) -> None:
+        super().__init__(params, defaults={})
+        self._backend = backend
+        self._shapes: Shapes | None = None            # the open session's layout
+        self._pending: OptimizerState | None = None   # from load_state_dict, opened at the next step
+        self._count = 0
+
+    @property
+    def step_count(self) -> int:
+        """Steps applied so far."""
+        return self._count
+
+    def named_params(self) -> list[tuple[str, torch.Tensor]]:
+        out, seen = [], set()
+        for g, group in enumerate(self.param_groups):
+            names = group.get("param_names") or [f"{g}.{i}" for i in range(len(group["params"]))]
+            for name, p in zip(names, group["params"], strict=True):
+                if name in seen:
+                    raise ValueError(f"two parameters are named {name!r}: give each param group distinct names")
+                seen.add(name)
+                out.append((name, p))
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self.named_params()
+        with_grad = {n: p for n, p in params if p.grad is not None}
+        if not with_grad:
+            return loss  # nothing to do, as with torch's optimizers after zero_grad()
+        for name, p in with_grad.items():
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients ({name!r})")
+        self._ensure_session(params, with_grad)
+        grads = {n: with_grad[n].grad if n in with_grad else torch.zeros(shape) for n, shape in self._shapes.items()}
+        updates = self._backend.step(self._count, grads)
+        for name, p in with_grad.items():
+            p.add_(updates[name].to(device=p.device, dtype=p.dtype).view_as(p))
+        self._count += 1
+        return loss
+
+    def _ensure_session(self, params: list[tuple[str, torch.Tensor]], with_grad: dict[str, torch.Tensor]) -> None:
+        base = self._shapes if self._shapes is not None else (self._pending.shapes if self._pending else {})
+        wanted = dict(base)
+        for name, p in params:
+            if name in with_grad and name not in wanted:
+                wanted[name] = tuple(p.shape)
+        if self._shapes is not None and wanted == self._shapes:
+            return
+        if self._shapes is not None:   # parameters joined: carry the state over, fresh rows for the new ones
+            state = self._backend.export().remap(wanted)
+        elif self._pending is not None:
+            state = self._pending.remap(wanted)
+        else:
+            state = None
+        self._backend.open(wanted, state)
+        self._shapes, self._pending = wanted, None
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        state = self._backend.export() if self._shapes is not None else self._pending
+        out[STATE_KEY] = state.to_dict() if state is not None else None
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        if STATE_KEY not in state_dict:
+            raise ValueError(f"not the state_dict of an l2o optimizer: it has no {STATE_KEY!r} entry "
+                             f"(keys: {sorted(state_dict)})")
+        entry = state_dict[STATE_KEY]
+        state = OptimizerState.from_dict(entry) if entry is not None else None
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
+        if self._shapes is not None:
+            self._backend.close()
+        self._shapes, self._pending = None, state
+        self._count = state.step if state is not None else 0
+
+    def close(self) -> None:
+        """Free the state the optimizer holds (for RemoteOptimizer, delete its server session)."""
+        if self._shapes is not None:
+            self._backend.close()
+            self._shapes = None
+
+
+# --- through the service ----------------------------------------------------------------------------------
+
+class RemoteSession:
+    def __init__(self, client: Client, reference: str) -> None:
+        self.client = client
+        self.reference = reference
+        self.session_id: str | None = None
+
+    def open(self, shapes: Shapes, state: OptimizerState | None) -> None:
+        if state is None:
+            session = self.client.sessions.create(self.reference, shapes)
+        else:
+            # The state names its own version; resuming on it (not on what the reference means today) is what
+            # makes load_state_dict continue the run exactly.
+            session = self.client.sessions.resume(state.to_session_state())
+        self.close()
+        self.session_id = session.id
+
+    def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        result = self.client.sessions.step(self.session_id, step=step, grads=grads)
+        if result.step != step + 1:
+            raise APIResponseError(f"the server answered step {step} with step count {result.step}, not {step + 1}")
+        return {name: torch.from_numpy(u) for name, u in result.updates.items()}
+
+    def export(self) -> OptimizerState:
+        return OptimizerState.from_session_state(self.client.sessions.state(self.session_id))
+
+    def close(self) -> None:
+        if self.session_id is not None:
+            try:
+                self.client.sessions.delete(self.session_id)
+            except NotFoundError:
+                pass  # expired or lost: it is gone either way
+            self.session_id = None
+
+
+class RemoteOptimizer(LearnedOptimizer):
+    """A torch optimizer whose steps run on an l2o server (see the module docstring).
+
+    `optimizer` is a registry reference (`name`, `name:3`, `name@alias`), resolved when the session opens
+    and pinned for the run. `client` defaults to `Client()` (L2O_URL, L2O_API_KEY)."""
+
+    def __init__(self, params: Iterable[Any], optimizer: str, *, client: Client | None = None) -> None:
+        self.client = client or Client()
+        super().__init__(params, RemoteSession(self.client, optimizer))
+
+    @property
+    def session_id(self) -> str | None:
+        """The server session, once the first step has opened it."""
+        return self._backend.session_id
+
+
+# --- in this process -----------------------------------------------------------------------------------------
+
+class LocalSession:
+    """The server's step, run here: the same kernel on the same float32 vector in the same order."""
+
+    def __init__(self, checkpoint: CheckpointFile) -> None:
+        from service import lopt  # the learned-optimizer core: torch only, no web framework
+
+        self.lopt = lopt
+        loaded = lopt.Checkpoint.from_bytes(checkpoint.data, expected_sha256=checkpoint.sha256)
+        self.config = loaded.config
+        self.weights = {k: v.to(torch.float32).contiguous() for k, v in loaded.weights.items()}
+        self.checkpoint = checkpoint
+        self.shapes: Shapes = {}
+        self.hc: torch.Tensor | None = None
+        self.count = 0
+
+    def open(self, shapes: Shapes, state: OptimizerState | None) -> None:
+        if state is not None and state.digest != self.checkpoint.sha256:
+            raise ValueError(f"the state was made by {state.optimizer}:{state.version} "
+                             f"(sha256 {state.digest[:12]}...), not by this optimizer's {self.checkpoint.reference} "
+                             f"(sha256 {self.checkpoint.sha256[:12]}...)")
+        n = n_coords(shapes)
+        expected = (n, self.config.num_layers, 2, self.config.hidden_size)
+        if state is not None and tuple(state.hc.shape) != expected:
+            raise ValueError(f"the state tensor has shape {list(state.hc.shape)}, "
+                             f"this optimizer needs {list(expected)}")
+        self.shapes = dict(shapes)
+        self.hc = state.hc.clone().contiguous() if state is not None else self.lopt.init(self.config, n).hc
+        self.count = state.step if state is not None else 0
+
+    def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        parts = [grads[name].detach().reshape(-1).to(device="cpu", dtype=torch.float32) for name in self.shapes]
+        for name, part in zip(self.shapes, parts, strict=True):
+            if not bool(torch.isfinite(part).all()):
+                raise ValueError(f"the gradient of {name!r} has NaN or infinite values (as float32)")
+        with torch.no_grad():
+            updates, state = self.lopt.step(self.config, self.weights, torch.cat(parts), self.lopt.LSTMState(self.hc))
+        self.hc = state.hc
+        self.count = step + 1
+        sizes = [math.prod(s) for s in self.shapes.values()]
+        return {name: u.view(shape) for (name, shape), u in zip(self.shapes.items(), updates.split(sizes), strict=True)}
+
+    def export(self) -> OptimizerState:
+        c = self.checkpoint
+        return OptimizerState(c.name, c.version, c.sha256, self.count, dict(self.shapes), self.hc.clone())
+
+    def close(self) -> None:
+        self.shapes, self.hc = {}, None
+
+
+class LocalOptimizer(LearnedOptimizer):
+    """The same learned optimizer, run in this process (offline, no round trips).
+
+    Either download a registry version, `LocalOptimizer(params, optimizer="quadratic-lstm", client=Client())`,
+    or load a checkpoint: `LocalOptimizer(params, checkpoint=client.optimizers.download(ref))`, or a
+    safetensors file / bytes. Needs the `service.lopt` core of this package (torch only), whose kernel is
+    the one the server steps with: that is what makes the updates equal, bit for bit."""
+
+    def __init__(self, params: Iterable[Any], optimizer: str | None = None, *, client: Client | None = None,
+                 checkpoint: CheckpointFile | bytes | str | Path | None = None) -> None:
+        if (optimizer is None) == (checkpoint is None):
+            raise ValueError("give either optimizer= (a registry reference, downloaded) or checkpoint=")
+        if checkpoint is None:
+            checkpoint = (client or Client()).optimizers.download(optimizer)
+        elif not isinstance(checkpoint, CheckpointFile):
+            data = bytes(checkpoint) if isinstance(checkpoint, bytes | bytearray) else Path(checkpoint).read_bytes()
+            # Not from a registry: its state_dict resumes only on a LocalOptimizer of the same bytes.
+            checkpoint = CheckpointFile("local", 0, sha256_hex(data), data)
+        self.checkpoint = checkpoint
+        super().__init__(params, LocalSession(checkpoint))

@@ -1,0 +1,152 @@
+"""`client.sessions`: sessions pin one optimizer version and hold its LSTM state between steps.
+
+    s = l2o.sessions.create("quadratic-lstm", {"fc.weight": [2, 3], "fc.bias": [2]})
+    r = l2o.sessions.step(s.id, step=0, grads={"fc.weight": gw, "fc.bias": gb})    # θ ← θ + r.updates[name]
+    state = l2o.sessions.state(s.id)                  # take the state away ...
+    s2 = l2o.sessions.resume(state)                   # ... and continue it in a new session
+    l2o.sessions.get(s2.id), l2o.sessions.list(), l2o.sessions.delete(s2.id)
+
+A step carries the number of steps the session has applied so far, which makes it safe to retry: a step
+whose answer was lost is sent again with the same number and the server answers it again, applying it
+once. The SDK does that by itself on connection errors, 429 and 5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from client import _constants as c
+from client import _safetensors
+from client._base import RequestOptions
+from client._exceptions import APIResponseError
+from client.resources._resource import AsyncResource, SyncResource, segment
+from client.types import Session, SessionState, StepResult
+
+BASE = "/v1/sessions"
+WireName = Literal["safetensors", "json"]
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A numpy view of a gradient: numpy arrays, nested lists, or CPU/GPU torch tensors (without importing torch)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach()
+        if str(value.dtype) == "torch.bfloat16":  # numpy has no bfloat16; float32 holds every bfloat16 exactly
+            value = value.float()
+        value = value.cpu().numpy()
+    return np.asarray(value)
+
+
+def _create(optimizer: str, shapes: Mapping[str, Sequence[int]]) -> RequestOptions:
+    return RequestOptions("POST", BASE, json={"optimizer": optimizer,
+                                              "shapes": {name: [int(d) for d in s] for name, s in shapes.items()}})
+
+
+def _resume(state: SessionState | bytes, optimizer: str | None) -> RequestOptions:
+    body = state.to_bytes() if isinstance(state, SessionState) else bytes(state)
+    return RequestOptions("POST", f"{BASE}/resume", content=body, headers={"Content-Type": c.SAFETENSORS_TYPE},
+                          params={"optimizer": optimizer} if optimizer else None)
+
+
+def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName) -> RequestOptions:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be the number of steps the session has applied (an int >= 0), got {step!r}")
+    path = f"{BASE}/{segment(session_id)}/step"
+    if wire == "json":
+        body = {"step": step, "grads": {name: as_array(g).tolist() for name, g in grads.items()}}
+        return RequestOptions("POST", path, json=body, idempotent=True, session_id=session_id)
+    if wire != "safetensors":
+        raise ValueError(f"wire must be 'safetensors' or 'json', got {wire!r}")
+    body = _safetensors.dumps({name: as_array(g) for name, g in grads.items()}, {"step": str(step)})
+    return RequestOptions("POST", path, content=body, headers={"Content-Type": c.SAFETENSORS_TYPE},
+                          idempotent=True, session_id=session_id)
+
+
+def _step_result(response: httpx.Response) -> StepResult:
+    try:
+        if response.headers.get("content-type", "").startswith(c.JSON_TYPE):
+            doc = response.json()
+            return StepResult(int(doc["step"]), {name: np.asarray(u, dtype=np.float32)
+                                                 for name, u in doc["updates"].items()})
+        # A writable copy, so callers may hand the arrays to torch.from_numpy without a warning.
+        meta, arrays = _safetensors.loads(bytearray(response.content))
+        return StepResult(int(meta["step"]), arrays)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise APIResponseError(f"the step answer could not be read: {exc}", request=response.request) from exc
+
+
+def _state(response: httpx.Response) -> SessionState:
+    try:
+        return SessionState.from_bytes(bytearray(response.content))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise APIResponseError(f"the session state could not be read: {exc}", request=response.request) from exc
+
+
+def _session(session_id: str, suffix: str = "", method: str = "GET") -> RequestOptions:
+    return RequestOptions(method, f"{BASE}/{segment(session_id)}{suffix}", session_id=session_id)
+
+
+class Sessions(SyncResource):
+    def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]]) -> Session:
+        """A session on the version `optimizer` resolves to, for parameters of these shapes (by name)."""
+        session = Session.from_json(self._client.json_of(self._client.send(_create(optimizer, shapes))))
+        self._client.opened_session(session.id)
+        return session
+
+    def resume(self, state: SessionState | bytes, *, optimizer: str | None = None) -> Session:
+        """A new session continuing `state` (from `state()`): same version, shapes and step count.
+        `optimizer`, if given, must resolve to the state's version."""
+        session = Session.from_json(self._client.json_of(self._client.send(_resume(state, optimizer))))
+        self._client.opened_session(session.id)
+        return session
+
+    def step(self, session_id: str, *, step: int, grads: Mapping[str, Any],
+             wire: WireName = "safetensors") -> StepResult:
+        """Send every parameter's gradient; get back every parameter's update and the next step number."""
+        return _step_result(self._client.send(_step(session_id, step, grads, wire)))
+
+    def get(self, session_id: str) -> Session:
+        return Session.from_json(self._client.json_of(self._client.send(_session(session_id))))
+
+    def list(self) -> list[Session]:
+        return [Session.from_json(s) for s in self._client.json_of(self._client.send(RequestOptions("GET", BASE)))]
+
+    def state(self, session_id: str) -> SessionState:
+        return _state(self._client.send(_session(session_id, "/state")))
+
+    def delete(self, session_id: str) -> None:
+        self._client.send(_session(session_id, method="DELETE"))
+        self._client.deleted_session(session_id)
+
+
+class AsyncSessions(AsyncResource):
+    async def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]]) -> Session:
+        session = Session.from_json(self._client.json_of(await self._client.send(_create(optimizer, shapes))))
+        self._client.opened_session(session.id)
+        return session
+
+    async def resume(self, state: SessionState | bytes, *, optimizer: str | None = None) -> Session:
+        session = Session.from_json(self._client.json_of(await self._client.send(_resume(state, optimizer))))
+        self._client.opened_session(session.id)
+        return session
+
+    async def step(self, session_id: str, *, step: int, grads: Mapping[str, Any],
+                   wire: WireName = "safetensors") -> StepResult:
+        return _step_result(await self._client.send(_step(session_id, step, grads, wire)))
+
+    async def get(self, session_id: str) -> Session:
+        return Session.from_json(self._client.json_of(await self._client.send(_session(session_id))))
+
+    async def list(self) -> list[Session]:
+        response = await self._client.send(RequestOptions("GET", BASE))
+        return [Session.from_json(s) for s in self._client.json_of(response)]
+
+    async def state(self, session_id: str) -> SessionState:
+        return _state(await self._client.send(_session(session_id, "/state")))
+
+    async def delete(self, session_id: str) -> None:
+        await self._client.send(_session(session_id, method="DELETE"))
+        self._client.deleted_session(session_id)

@@ -1,0 +1,139 @@
+"""The API process dies under a remote training run (RemoteOptimizer through the SDK), and comes back on the
+same port. Nothing is lost or applied twice: the final parameters are bit-identical to an uninterrupted run.
+
+    store    signal   what carries the run on
+    Redis    SIGKILL  the SDK's retries; every step's state was in Redis before its answer was sent
+    memory   SIGTERM  the SDK's retries; a graceful shutdown saves the sessions and the restart loads them
+    memory   SIGKILL  nothing can: the SDK says SessionLostError, and the run resumes from its last state_dict()
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import pytest
+
+from client import Client, RemoteOptimizer, SessionLostError
+from tests.faults.conftest import model, parameters, train_step
+from tests.live_server import ServeProcess
+from tests.sessions.conftest import REDIS_URL
+
+pytestmark = pytest.mark.slow  # real server processes, restarted: ~10-20 s each
+
+STEPS = 40
+
+
+class Faults:
+    """Called after each step of a run: at the steps named, stops the server in the background (a moment
+    later, so the stop lands while the next steps are in flight) and starts it again on the same port."""
+
+    def __init__(self, server: ServeProcess, at: tuple[int, ...], how: str) -> None:
+        self.server, self.at, self.how = server, at, how
+        self.fired: set[int] = set()
+        self.done: list[int] = []
+        self.threads: list[threading.Thread] = []
+
+    def __call__(self, step: int) -> None:
+        if step in self.at and step not in self.fired:  # once: a run that went back passes the step again
+            self.fired.add(step)
+            thread = threading.Thread(target=self._stop_and_start, args=(step,))
+            thread.start()
+            self.threads.append(thread)
+
+    def _stop_and_start(self, step: int) -> None:
+        time.sleep(0.005)
+        if self.how == "kill":
+            self.server.kill()
+        else:
+            assert self.server.terminate() in (0, -15), self.server.log.read_text()
+        self.server.start()
+        self.done.append(step)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+def admin_client(server: ServeProcess, tmp_path) -> Client:
+    key = (tmp_path / "data" / "admin.key").read_text().strip()
+    return Client(server.url, key, max_retries=60)
+
+
+def reference_run(server: ServeProcess, tmp_path) -> dict:
+    net = model()
+    with admin_client(server, tmp_path) as l2o:
+        opt = RemoteOptimizer(net.named_parameters(), optimizer="opt", client=l2o)
+        for i in range(STEPS):
+            train_step(net, opt, i)
+        opt.close()
+    return parameters(net)
+
+
+def run_through_faults(server: ServeProcess, tmp_path, faults: Faults) -> dict:
+    net = model()
+    with admin_client(server, tmp_path) as l2o:
+        opt = RemoteOptimizer(net.named_parameters(), optimizer="opt", client=l2o)
+        for i in range(STEPS):
+            train_step(net, opt, i)
+            faults(i)
+        faults.join()
+        assert opt.step_count == STEPS
+        assert l2o.sessions.get(opt.session_id).step == STEPS  # the server applied each step exactly once
+    return parameters(net)
+
+
+def identical(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_sigkill_with_the_redis_store_loses_nothing(server_factory, tmp_path, redis_prefix, fast_retries):
+    server = server_factory(session_store=REDIS_URL, session_key_prefix=redis_prefix).start()
+    expected = reference_run(server, tmp_path)
+    faults = Faults(server, at=(8, 24), how="kill")
+    got = run_through_faults(server, tmp_path, faults)
+    assert faults.done == [8, 24]
+    assert identical(got, expected)
+
+
+def test_sigterm_with_the_memory_store_loses_nothing(server_factory, tmp_path, fast_retries):
+    server = server_factory(session_store="memory").start()
+    expected = reference_run(server, tmp_path)
+    faults = Faults(server, at=(12,), how="terminate")
+    got = run_through_faults(server, tmp_path, faults)
+    assert faults.done == [12]
+    assert identical(got, expected)
+
+
+def test_sigkill_with_the_memory_store_is_a_clear_session_lost_and_resumes(server_factory, tmp_path, fast_retries):
+    """The run checkpoints every 5 steps (the model's parameters and the optimizer's state_dict, as torch
+    users do); when the session is lost it goes back to the last checkpoint and carries on."""
+    server = server_factory(session_store="memory").start()
+    expected = reference_run(server, tmp_path)
+    faults = Faults(server, at=(17,), how="kill")
+    net = model()
+    lost: list[tuple[int, SessionLostError]] = []
+    with admin_client(server, tmp_path) as l2o:
+        opt = RemoteOptimizer(net.named_parameters(), optimizer="opt", client=l2o)
+        i, checkpoint = 0, None
+        while i < STEPS:
+            try:
+                if i % 5 == 0:
+                    checkpoint = (i, parameters(net), copy.deepcopy(opt.state_dict()))
+                train_step(net, opt, i)
+            except SessionLostError as exc:  # from the step, or from the state_dict() that checkpoints
+                lost.append((i, exc))
+                i, params, state = checkpoint
+                net.load_state_dict(params)
+                opt.load_state_dict(state)
+                continue
+            faults(i)
+            i += 1
+        faults.join()
+        assert l2o.sessions.get(opt.session_id).step == STEPS
+    assert faults.done == [17]
+    assert len(lost) == 1 and lost[0][0] > 17, lost  # noticed at the first call after the kill
+    message = str(lost[0][1])
+    assert "restarted" in message and "state_dict" in message, message
+    assert identical(parameters(net), expected)
