@@ -86,6 +86,21 @@ def reference_ns(bench: Bench, n: int) -> Callable[[], object]:
     return lambda: bench.reference().step(grads, state.hc)
 
 
+def reference_1thread_ns(bench: Bench, n: int) -> Callable[[], object]:
+    """The reference on one thread: torch's threads wait at every operation's barrier, which makes
+    the two-thread reference collapse when other processes hold the cores; one thread does not."""
+    grads, state = bench.inputs(n)
+
+    def call() -> object:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return bench.reference().step(grads, state.hc)
+        finally:
+            torch.set_num_threads(threads)
+    return call
+
+
 def reference_chunked_ns(bench: Bench, n: int) -> Callable[[], object]:
     grads, state = bench.inputs(n)
     return lambda: bench.reference().step(grads, state.hc, chunk=REFERENCE_CHUNK)
@@ -130,8 +145,9 @@ def remote_json_ns(bench: Bench, n: int) -> Callable[[], object] | None:
 
 
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
-    reference_ns, reference_chunked_ns, step_ns, step_inplace_ns, step_bf16_inplace_ns, remote_binary_ns,
-    remote_json_ns,
+    reference_ns, reference_1thread_ns, reference_chunked_ns,
+    step_ns, step_inplace_ns, step_bf16_inplace_ns,
+    remote_binary_ns, remote_json_ns,
 ]
 
 
@@ -197,13 +213,14 @@ RUN_MEASUREMENTS: dict[str, Callable[[Bench], Any]] = {
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()
-    return statistics.median(_once(fn) for _ in range(repeats))
+    return statistics.median(_once(fn)[0] for _ in range(repeats))
 
 
-def _once(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _once(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads) for one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def spread(samples: list[float]) -> float:
@@ -214,23 +231,31 @@ def spread(samples: list[float]) -> float:
 
 
 def measure_size(bench: Bench, n: int) -> dict[str, Any]:
+    """Each measurement's median wall time per coordinate (its key), the spread of its samples and its
+    median CPU time per coordinate over all threads (`..._cpu_ns`: what the step costs the machine,
+    which other processes' load changes far less than the wall time)."""
     calls = {fn.__name__: fn(bench, n) for fn in SIZE_MEASUREMENTS}
     timed = {name: call for name, call in calls.items() if call is not None}
-    samples: dict[str, list[float]] = {name: [] for name in timed}
+    walls: dict[str, list[float]] = {name: [] for name in timed}
+    cpus: dict[str, list[float]] = {name: [] for name in timed}
     for call in timed.values():
         call()
     pending = list(timed)
     for _round in range(1 + MAX_EXTRA_ROUNDS):
         for _ in range(bench.repeats):
             for name in pending:   # round-robin: a burst of load hits every contender
-                samples[name].append(_once(timed[name]))
-        pending = [name for name in pending if spread(samples[name]) > NOISY_SPREAD]
+                wall, cpu = _once(timed[name])
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+        pending = [name for name in pending if spread(walls[name]) > NOISY_SPREAD]
         if not pending:
             break
     row: dict[str, Any] = {name: None for name in calls}
-    for name, s in samples.items():
-        row[name] = statistics.median(s) / n * 1e9
-        row[name.removesuffix("_ns") + "_spread"] = round(spread(s), 3)
+    for name in timed:
+        stem = name.removesuffix("_ns")
+        row[name] = statistics.median(walls[name]) / n * 1e9
+        row[f"{stem}_cpu_ns"] = statistics.median(cpus[name]) / n * 1e9
+        row[f"{stem}_spread"] = round(spread(walls[name]), 3)
     row.update(agreement(bench, n))
     return row
 
@@ -252,12 +277,17 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
         row["limit_ns"] = floor
         if row.get("step_ns"):
             row["speedup"] = row["reference_ns"] / row["step_ns"]
-            row["speedup_chunked"] = row["reference_chunked_ns"] / row["step_ns"]
+            row["speedup_over_1thread_reference"] = row["reference_1thread_ns"] / row["step_ns"]
+            row["speedup_over_chunked_reference"] = row["reference_chunked_ns"] / row["step_ns"]
             row["times_limit"] = row["step_ns"] / floor
+        if row.get("step_inplace_ns"):
+            row["speedup_inplace"] = row["reference_ns"] / row["step_inplace_ns"]
+            row["times_limit_inplace"] = row["step_inplace_ns"] / floor
 
 
 def table(result: dict[str, Any]) -> str:
-    cols = [("coords", None), ("reference", "reference_ns"), ("ref chunked", "reference_chunked_ns"),
+    cols = [("coords", None), ("reference", "reference_ns"), ("ref 1 thread", "reference_1thread_ns"),
+            ("ref chunked", "reference_chunked_ns"),
             ("step", "step_ns"), ("in place", "step_inplace_ns"), ("bf16 in place", "step_bf16_inplace_ns"),
             ("limit", "limit_ns"), ("speed-up", "speedup"), ("x limit", "times_limit"),
             ("remote bin", "remote_binary_ns"), ("remote json", "remote_json_ns")]
@@ -269,6 +299,10 @@ def table(result: dict[str, Any]) -> str:
             cells.append(f"{'-':>13}" if v is None else f"{v:>12.2f}x" if key in ("speedup", "times_limit")
                          else f"{v:>13.1f}")
         lines.append("  ".join(cells))
+    for n, row in result["sizes"].items():
+        cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:7]
+                        if row.get(key) is not None)
+        lines.append(f"CPU ns per coordinate, all threads, at {int(n):,}: {cpu}")
     lim, env = result["limit"], result["environment"]
     lines.append(f"ns per coordinate, medians; limit from {lim['matmul_gflops']:.1f} GFLOP/s and "
                  f"{lim['copy_gbs']:.2f} GB/s on {env['threads']} threads; backend {env['backend']}; "

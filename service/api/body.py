@@ -60,11 +60,13 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         scope[LIMIT_SCOPE_KEY] = (self.limit, self.setting)
-        received = 0
+        received, answered = 0, False
         declared = _content_length(scope)
 
         async def receive_within_limit() -> dict[str, Any]:
             nonlocal received
+            if answered:  # a streaming response listening for the disconnect: the body no longer matters
+                return await receive()
             limit, setting = scope[LIMIT_SCOPE_KEY]  # read_body may have raised it for this request
             if declared is not None and declared > limit:
                 raise BodyTooLarge(declared, limit, setting)
@@ -75,7 +77,13 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(None, limit, setting)
             return message
 
-        await self.app(scope, receive_within_limit, send)
+        async def send_noting_the_answer(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+            await send(message)
+
+        await self.app(scope, receive_within_limit, send_noting_the_answer)
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:

@@ -41,7 +41,7 @@ DbSession = Annotated[Session, Depends(get_db)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
-def current_key(request: Request, db: DbSession,
+def current_key(request: Request,
                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
     if credentials is None:
         if request.headers.get("authorization"):
@@ -49,7 +49,11 @@ def current_key(request: Request, db: DbSession,
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     cache: KeyCache = request.app.state.key_cache
     try:
-        key = keys.authenticate(db, credentials.credentials)
+        # A session of its own, closed at once: the request's DbSession would hold a pooled connection for
+        # the whole request, so a step (which needs no database) would pin one for its torch work and a
+        # burst of requests that need a second connection would starve the pool.
+        with request.app.state.db.session() as db:
+            key = keys.authenticate(db, credentials.credentials)  # loaded whole; readable once detached
     except UNREACHABLE as exc:
         key = cache.recall(keys.hash_key(credentials.credentials))
         if key is None:

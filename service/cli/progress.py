@@ -1,33 +1,21 @@
-"""A text progress bar for the terminal, shared by `l2o train` and `l2o jobs watch`."""
+"""The progress bar of `l2o train` and `l2o jobs watch`: the SDK's bar, bound to a total, with an ETA."""
 
 from __future__ import annotations
 
-import sys
 from typing import TextIO
 
+from client._progress import ProgressBar as _Bar
+from client._progress import fmt_seconds
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
+__all__ = ["ProgressBar", "fmt_seconds"]
 
 
-class ProgressBar:
+class ProgressBar(_Bar):
     def __init__(self, total: int, *, width: int = 30, stream: TextIO | None = None) -> None:
+        super().__init__(width=width, stream=stream)
         self.total = max(int(total), 1)
-        self.width = width
-        self.stream = stream or sys.stderr
 
     def update(self, done: int, *, elapsed: float | None = None, extra: str = "") -> None:
         frac = min(max(done / self.total, 0.0), 1.0)
-        filled = int(frac * self.width)
         eta = elapsed * (1 - frac) / frac if elapsed is not None and frac > 0 else None
-        bar = "#" * filled + "-" * (self.width - filled)
-        line = f"\r[{bar}] {done}/{self.total} {fmt_seconds(elapsed)} elapsed, {fmt_seconds(eta)} left {extra}"
-        self.stream.write(line.ljust(100)[:160])
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        self.draw(done, self.total, elapsed=elapsed, eta=eta, note=extra)

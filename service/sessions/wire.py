@@ -260,7 +260,8 @@ def _entry(name: str, spec: Any, data_len: int,
         raise MalformedBody(f"safetensors entry {name!r} must have exactly dtype, shape and data_offsets")
     code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if code not in dtypes:
-        kind = "a non-float dtype" if code in OTHER_DTYPES or code in FLOAT_DTYPES else "an unknown dtype"
+        kind = ("the dtype" if code in FLOAT_DTYPES else "a non-float dtype" if code in OTHER_DTYPES
+                else "an unknown dtype")
         raise InvalidGradients(f"tensor {name!r} has {kind} {code!r}; accepted: {', '.join(dtypes)}",
                                detail={"name": name, "dtype": code})
     if (not isinstance(shape, list) or len(shape) > MAX_DIMS

@@ -18,6 +18,7 @@ import pytest
 from client import Client, RemoteOptimizer, SessionLostError
 from tests.faults.conftest import model, parameters, train_step
 from tests.live_server import ServeProcess
+from tests.record import record
 from tests.sessions.conftest import REDIS_URL
 
 pytestmark = pytest.mark.slow  # real server processes, restarted: ~10-20 s each
@@ -95,6 +96,7 @@ def test_sigkill_with_the_redis_store_loses_nothing(server_factory, tmp_path, re
     got = run_through_faults(server, tmp_path, faults)
     assert faults.done == [8, 24]
     assert identical(got, expected)
+    record("restart:redis-sigkill", stops=len(faults.done), steps=STEPS, identical=True)
 
 
 def test_sigterm_with_the_memory_store_loses_nothing(server_factory, tmp_path, fast_retries):
@@ -104,6 +106,7 @@ def test_sigterm_with_the_memory_store_loses_nothing(server_factory, tmp_path, f
     got = run_through_faults(server, tmp_path, faults)
     assert faults.done == [12]
     assert identical(got, expected)
+    record("restart:memory-sigterm", stops=len(faults.done), steps=STEPS, identical=True)
 
 
 def test_sigkill_with_the_memory_store_is_a_clear_session_lost_and_resumes(server_factory, tmp_path, fast_retries):
@@ -137,3 +140,5 @@ def test_sigkill_with_the_memory_store_is_a_clear_session_lost_and_resumes(serve
     message = str(lost[0][1])
     assert "restarted" in message and "state_dict" in message, message
     assert identical(parameters(net), expected)
+    record("restart:memory-sigkill", stops=len(faults.done), steps=STEPS, sessions_lost=len(lost),
+           lost_at=lost[0][0], identical=True)

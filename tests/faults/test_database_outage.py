@@ -18,6 +18,7 @@ from service.sessions.wire import StepMessage, WireFormat
 from tests.conftest import POSTGRES_URL
 from tests.faults.conftest import SHAPES, expected_updates, grads
 from tests.faults.proxy import TcpProxy
+from tests.record import record
 
 pytestmark = pytest.mark.slow  # a real server process: a few seconds
 
@@ -71,16 +72,20 @@ def test_steps_go_on_while_the_database_is_away_and_the_registry_recovers(postgr
             assert server.proc.poll() is None
 
             proxy.restore()
+            restored = time.monotonic()
             deadline = time.monotonic() + 20
             while (r := http.get("/v1/optimizers")).status_code != 200:  # nobody restarts anything
                 assert time.monotonic() < deadline, f"the registry did not recover: {r.status_code} {r.text}"
                 time.sleep(0.1)
+            recovered_s = time.monotonic() - restored
             assert [o["name"] for o in r.json()] == ["opt"]
             assert http.post("/v1/sessions", json={"optimizer": "opt", "shapes": SHAPES}).status_code == 201
             assert http.get("/readyz").status_code == 200
             got += [step(http, sid, n) for n in range(8, 12)]
         # Every step of the run, before, during and after the outage, is exactly what lopt computes.
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+        record("database_outage", steps_during=4, refused_503=len(outage), recovered_s=round(recovered_s, 2),
+               steps_total=len(got))
     finally:
         server.kill()
         proxy.close()

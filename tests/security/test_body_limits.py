@@ -12,6 +12,7 @@ import pytest
 
 from service.app import create_app
 from tests.live_server import ServerThread
+from tests.record import record
 from tests.security.conftest import OCTET_TYPE, ST_TYPE, bearer, make_settings
 
 CHUNK = 64 * 1024
@@ -121,6 +122,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(live, path, content_type, settin
     # client never had to send its gigabyte.
     assert limit < counting.received[-1] <= limit + 256 * 1024, counting.received[-1]
     assert sent < HUGE // 8, sent
+    record("body_limit", path=path, limit=limit, read=counting.received[-1], sent=sent, offered=HUGE)
 
 
 @pytest.mark.parametrize("path, method", [("/v1/jobs", "POST"), ("/v1/keys", "POST"),

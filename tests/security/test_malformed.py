@@ -14,6 +14,7 @@ import torch
 from service.lopt import Checkpoint, OptimizerConfig
 from service.lopt.checkpoint import serialize_safetensors
 from tests.conftest import checkpoint_bytes
+from tests.record import record
 from tests.security.conftest import OCTET_TYPE, ST_TYPE, grads_body
 
 F32 = 4
@@ -94,7 +95,7 @@ WRONG_GRADIENTS = {
 
 
 @pytest.fixture
-def memory_watch():
+def memory_watch(request):
     """Python allocations (tracemalloc sees the app's threads too) and the process's peak RSS while the
     hostile requests run."""
     tracemalloc.start()
@@ -105,6 +106,7 @@ def memory_watch():
     tracemalloc.stop()
     stats["python_peak"] = peak
     stats["rss_growth"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+    record(f"memory:{request.node.name}", **stats)
     # A client gets no more than what the largest legitimate body here would cost, a few MiB at most.
     assert peak < 32 * 2**20, f"Python allocations peaked at {peak / 2**20:.1f} MiB"
     assert stats["rss_growth"] < 64 * 2**20, f"peak RSS grew by {stats['rss_growth'] / 2**20:.1f} MiB"
@@ -123,6 +125,7 @@ def test_malformed_step_bodies_are_refused_and_leave_the_session_as_it_was(clien
     for what, (body, status, code, fragment) in {**MALFORMED, **WRONG_GRADIENTS}.items():
         check_refusal(client.post(f"/v1/sessions/{session_id}/step", content=body, headers=headers),
                       status, code, fragment, what)
+    record("malformed:step", cases=len(MALFORMED) + len(WRONG_GRADIENTS))
     after = client.get(f"/v1/sessions/{session_id}/state", headers=optimize_headers).content
     assert after == before
     assert client.get(f"/v1/sessions/{session_id}", headers=optimize_headers).json()["step"] == 1
@@ -140,7 +143,8 @@ def test_malformed_states_are_refused_and_open_no_session(client, session_id, op
         return raw({**header, "hc": {**header["hc"], **change}}, data)
 
     states = {**MALFORMED,
-              "state tensor of the wrong dtype": (with_hc(dtype="F16"), 422, "invalid_gradients", "F16"),
+              "state tensor of the wrong dtype": (with_hc(dtype="F16"), 422, "invalid_gradients",
+                                                  "the dtype 'F16'; accepted: F32"),
               "state tensor of the wrong shape": (with_hc(shape=[1, 1, 1, len(data) // 4]), 409, "state_mismatch",
                                                   "shape"),
               "shapes metadata nested too deep": (raw({**header, "__metadata__": {**header["__metadata__"],
@@ -154,6 +158,7 @@ def test_malformed_states_are_refused_and_open_no_session(client, session_id, op
         # A state is read by the same checked reader as a step, but its metadata is checked first, so the
         # message may name another of the body's faults than the step's did.
         check_refusal(response, status, code, fragment if what not in MALFORMED else "", what)
+    record("malformed:state", cases=len(states))
     assert [s["id"] for s in client.get("/v1/sessions", headers=optimize_headers).json()] == [session_id]
 
 
@@ -196,7 +201,9 @@ def bad_checkpoints() -> dict[str, tuple[bytes, int, str, str]]:
 
 
 def test_malformed_checkpoints_are_refused_and_nothing_is_stored(client, admin_headers, memory_watch):
-    for what, (body, _, code, fragment) in bad_checkpoints().items():
+    cases = bad_checkpoints()
+    record("malformed:checkpoint", cases=len(cases) + 3)  # and the three config headers below
+    for what, (body, _, code, fragment) in cases.items():
         response = client.post("/v1/optimizers/evil/versions", content=body, headers={**admin_headers, **OCTET_TYPE})
         assert 400 <= response.status_code < 500, (what, response.status_code, response.text)
         error = response.json()["error"]
