@@ -162,9 +162,13 @@ static inline vf load_vec(const void *src, int dtype, int64_t index) {
         memcpy(&h, (const uint16_t *)src + index, sizeof h);
         v = (vf)(__builtin_convertvector(h, vu) << 16);
     } else {
+#if VL == 16   /* one instruction, where the generic conversion goes a lane at a time */
+        v = (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const _Float16 *)src + index)));
+#else
         vhf h;
         memcpy(&h, (const _Float16 *)src + index, sizeof h);
         v = __builtin_convertvector(h, vf);
+#endif
     }
     return v;
 }
@@ -181,8 +185,13 @@ static inline void store_vec(void *dst, int dtype, int64_t index, vf v) {
         vh h = __builtin_convertvector(u, vh);
         memcpy((uint16_t *)dst + index, &h, sizeof h);
     } else {
+#if VL == 16
+        __m256i h = _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256((__m256i *)((_Float16 *)dst + index), h);
+#else
         vhf h = __builtin_convertvector(v, vhf);
         memcpy((_Float16 *)dst + index, &h, sizeof h);
+#endif
     }
 }
 
@@ -195,8 +204,8 @@ static inline void stream_vec(void *dst, int dtype, int64_t index, vf v) {
         return;
     }
     if (dtype == DT_F16) {
-        vhf h = __builtin_convertvector(v, vhf);
-        _mm256_stream_si256((__m256i *)((_Float16 *)dst + index), (__m256i)h);
+        _mm256_stream_si256((__m256i *)((_Float16 *)dst + index),
+                            _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         return;
     }
     uint16_t h[VL] __attribute__((aligned(32)));
@@ -245,25 +254,30 @@ static void load_state(const job_t *jb, int64_t base, int count, vf *S) {
     }
     float *s = (float *)S;
     for (int r = 0; r < VL; r++)
-        for (int f = f0; f < NF; f++) s[f * VL + r] = r < count ? load_one(jb->state_in, jb->dtype, (base + r) * NF + f) : 0.0f;
+        for (int f = f0; f < NF; f++)
+            s[f * VL + r] = r < count ? load_one(jb->state_in, jb->dtype, (base + r) * NF + f) : 0.0f;
 }
 
 static void store_state(const job_t *jb, int64_t base, int count, const vf *O) {
-    int f0 = 0;
-    if (count == VL) {
-        for (; f0 + VL <= NF; f0 += VL) {
-            vf rows[VL];
-            for (int f = 0; f < VL; f++) rows[f] = O[f0 + f];
-            transpose(rows);
-            if (jb->stream)
-                for (int r = 0; r < VL; r++) stream_vec(jb->state_out, jb->dtype, (base + r) * NF + f0, rows[r]);
-            else
-                for (int r = 0; r < VL; r++) store_vec(jb->state_out, jb->dtype, (base + r) * NF + f0, rows[r]);
-        }
+    int blocks = count == VL ? NF / VL : 0;
+    vf t[NF >= VL ? NF / VL * VL : 1];
+    for (int q = 0; q < blocks; q++) {
+        for (int f = 0; f < VL; f++) t[q * VL + f] = O[q * VL + f];
+        transpose(t + q * VL);
     }
+    /* Row by row, each coordinate's state front to back, so that streamed stores fill whole cache
+       lines before moving on (half-filled lines would be written to memory piecemeal). */
+    for (int r = 0; r < VL && blocks; r++)
+        for (int q = 0; q < blocks; q++) {
+            if (jb->stream)
+                stream_vec(jb->state_out, jb->dtype, (base + r) * NF + q * VL, t[q * VL + r]);
+            else
+                store_vec(jb->state_out, jb->dtype, (base + r) * NF + q * VL, t[q * VL + r]);
+        }
     const float *s = (const float *)O;
     for (int r = 0; r < count; r++)
-        for (int f = f0; f < NF; f++) store_one(jb->state_out, jb->dtype, (base + r) * NF + f, s[f * VL + r]);
+        for (int f = blocks * VL; f < NF; f++)
+            store_one(jb->state_out, jb->dtype, (base + r) * NF + f, s[f * VL + r]);
 }
 
 /* Appendix A: (log|g| / p, sign g) when |g| >= e^-p, else (-1, e^p g). */

@@ -90,7 +90,7 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
             meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll)
             if not torch.isfinite(meta_loss):
                 raise MetaTrainingDiverged(
-                    f"meta-loss became {float(meta_loss)} at iteration {it + 1}, optimizee step {traj.step}; "
+                    f"meta-loss became {float(meta_loss.detach())} at iteration {it + 1}, optimizee step {traj.step}; "
                     "try a lower meta_lr or output scale")
             meta_opt.zero_grad(set_to_none=True)
             meta_loss.backward()

@@ -37,7 +37,7 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_available() -> None:
     """Skip (fail when CI=true) before anything starts when there is no browser to drive."""
     try:
@@ -48,7 +48,7 @@ def browser_available() -> None:
         _unavailable(f"no chromium at {CHROMIUM}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def starting_server(browser_available: None,
                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, Future]]:
     """`l2o serve` on its embedded default (registering the shipped pretrained optimizers), started on a
@@ -65,7 +65,7 @@ def starting_server(browser_available: None,
             proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(starting_server: tuple[ServeProcess, Future]) -> ServeProcess:
     proc, started = starting_server
     started.result()
@@ -73,7 +73,7 @@ def server(starting_server: tuple[ServeProcess, Future]) -> ServeProcess:
     return proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api(server: ServeProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.admin_key}"},
                       timeout=30) as client:
@@ -103,14 +103,14 @@ def tiny_spec(name: str, seed: int = 0, iterations: int = 6) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def evaluation_jobs(api: httpx.Client) -> list[str]:
     """Two tiny jobs publishing versions of `dash-quad`, submitted early so they run while other tests do."""
     return [api.post("/v1/jobs", json=tiny_spec("dash-quad", seed=seed)).raise_for_status().json()["id"]
             for seed in (0, 1)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def evaluated(api: httpx.Client, evaluation_jobs: list[str]) -> dict[str, Any]:
     """The two versions of `dash-quad` those jobs published, each with its evaluation report."""
     versions = []
@@ -121,7 +121,7 @@ def evaluated(api: httpx.Client, evaluation_jobs: list[str]) -> dict[str, Any]:
     return {"name": "dash-quad", "versions": versions}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(browser_available: None):
     from playwright.sync_api import sync_playwright
 
