@@ -29,6 +29,7 @@ from service.api.deps import AppSettings, OptimizeKey
 from service.api.schemas import SessionCreate, SessionOut
 from service.config import Settings
 from service.errors import UnsupportedMediaType, ValidationError
+from service.lopt import OptimizerConfig, kernel
 from service.sessions import wire
 from service.sessions.service import STATE_TYPE, SessionLimits, SessionService
 from service.sessions.store import open_store
@@ -142,6 +143,9 @@ async def sessions_component(app: FastAPI) -> AsyncIterator[None]:
     store = open_store(settings.session_store, data_dir=settings.data_dir.expanduser(),
                        key_prefix=settings.session_key_prefix)
     await anyio.to_thread.run_sync(store.open)
+    # Build (or load from the on-disk cache) the step kernel now, so no first step stalls on a compile.
+    app.state.kernel_warmup_s = await anyio.to_thread.run_sync(kernel.warmup, OptimizerConfig())
+    log.info("step kernel ready (%s) in %.3f s", kernel.backend(OptimizerConfig()), app.state.kernel_warmup_s)
     sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings))
     app.state.sessions = sessions
     app.state.is_version_in_use = sessions.is_version_in_use

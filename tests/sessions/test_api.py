@@ -231,3 +231,9 @@ def test_several_workers_refuse_the_per_process_memory_store(settings):
     with pytest.raises(RuntimeError, match="L2O_SESSION_STORE=redis"):
         with TestClient(create_app(settings.model_copy(update={"workers": 2}))):
             pass
+
+
+def test_the_step_kernel_is_warmed_up_at_start(client):
+    """Any compile happens at start, not on the first request; its time is kept for reports."""
+    seconds = client.app.state.kernel_warmup_s
+    assert isinstance(seconds, float) and seconds >= 0.0
