@@ -107,24 +107,42 @@ class Checkpoint:
         return cls(cfg, weights)
 
 
-def serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes with a canonical header (sorted keys), so equal content gives an equal digest.
+ST_DTYPE_OF: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
+    torch.int64: "I64",
+}
 
-    The safetensors library orders the metadata by hash, which differs between calls.
+
+def serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes that depend only on the input, so equal content gives an equal digest.
+
+    The safetensors library writes its metadata in hash-map order, which differs between calls; here the
+    header's keys are sorted and the data is laid out by alignment, then name, copied once into place.
     """
-    dtypes = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-              torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
-    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in tensors.items()}
+    order = sorted(flat, key=lambda n: (-flat[n].element_size(), n))
+    offset = 0
+    for name in order:
+        t = flat[name]
+        if t.dtype not in ST_DTYPE_OF:
+            raise ValueError(f"cannot write tensor {name!r} of dtype {t.dtype} as safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": ST_DTYPE_OF[t.dtype], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment with spaces
-    return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+    out = bytearray(8 + len(head) + offset)
+    out[:8] = len(head).to_bytes(8, "little")
+    out[8:8 + len(head)] = head
+    start = 8 + len(head)
+    for name in order:
+        data = flat[name].view(torch.uint8).numpy()
+        out[start:start + data.nbytes] = data.data
+        start += data.nbytes
+    return bytes(out)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
+from service.lopt.checkpoint import serialize_safetensors
 
 JSON_TYPE = "application/json"
 SAFETENSORS_TYPE = "application/vnd.l2o.safetensors"
@@ -38,11 +39,8 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
     "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
 }
 OTHER_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2"}
-ST_DTYPE_OF: dict[torch.dtype, str] = {
-    **{v: k for k, v in FLOAT_DTYPES.items()},
-    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32",
-    torch.int64: "I64",
-}
+# One deterministic writer serves checkpoints, steps and session states.
+write_safetensors = serialize_safetensors
 
 
 class WireFormat(StrEnum):
@@ -178,34 +176,6 @@ def parse_step(value: Any, where: str) -> int:
 
 
 # --- safetensors ----------------------------------------------------------------------------------------
-
-def write_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """Safetensors bytes that depend only on the input: metadata keys sorted, tensors ordered by alignment
-    then name (safetensors' own writer emits metadata in hash-map order, so equal inputs can differ)."""
-    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in tensors.items()}
-    order = sorted(flat, key=lambda n: (-flat[n].element_size(), n))
-    offset = 0
-    for name in order:
-        t = flat[name]
-        if t.dtype not in ST_DTYPE_OF:
-            raise ValueError(f"cannot write tensor {name!r} of dtype {t.dtype} as safetensors")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": ST_DTYPE_OF[t.dtype], "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # pad so the data starts 8-byte aligned, as safetensors does
-    out = bytearray(8 + len(raw) + offset)
-    out[:8] = len(raw).to_bytes(8, "little")
-    out[8:8 + len(raw)] = raw
-    start = 8 + len(raw)
-    for name in order:
-        data = flat[name].view(torch.uint8).numpy()
-        out[start:start + data.nbytes] = data.data
-        start += data.nbytes
-    return bytes(out)
-
 
 def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
                      dtypes: dict[str, torch.dtype] = FLOAT_DTYPES) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
