@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -20,44 +16,10 @@ from service.config import Settings
 from service.lopt import Checkpoint
 from service.sessions import wire
 from service.sessions.wire import StepMessage, WireFormat
+from tests.live_server import ServeProcess, free_port
 from tests.sessions.fakes import make_checkpoint
 
 pytestmark = pytest.mark.slow  # a real server start: a few seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(env: dict[str, str], port: int) -> subprocess.Popen:
-    code = f"import sys; from service.cli import main; sys.exit(main(['serve', '--port', '{port}']))"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"l2o serve exited: {proc.stdout.read().decode()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("l2o serve did not become ready in 60 s")
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    # uvicorn finishes its graceful shutdown, then re-raises the signal it caught.
-    assert proc.returncode in (0, -signal.SIGTERM), out.decode()
-    return out.decode()
 
 
 def test_sigterm_saves_memory_sessions_and_the_next_start_loads_them(tmp_path):
@@ -66,13 +28,13 @@ def test_sigterm_saves_memory_sessions_and_the_next_start_loads_them(tmp_path):
     env = {**os.environ, "L2O_DATA_DIR": str(tmp_path / "data"), "L2O_PRETRAINED_DIR": str(tmp_path / "pretrained"),
            "L2O_SESSION_STORE": "memory", "L2O_LOG_LEVEL": "warning"}
     env.pop("L2O_DATABASE_URL", None)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    server = ServeProcess(env, free_port(), tmp_path / "serve.log")
+    base = server.url
     shapes = {"w": [2, 3]}
     g = [{"w": torch.randn(2, 3, generator=torch.Generator().manual_seed(i))} for i in range(2)]
     steps = [wire.encode(StepMessage(i, g[i]), WireFormat.SAFETENSORS, field="grads") for i in range(2)]
 
-    proc = serve(env, port)
+    server.start()
     try:
         headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'admin.key').read_text().strip()}"}
         created = httpx.post(f"{base}/v1/sessions", json={"optimizer": "opt", "shapes": shapes}, headers=headers)
@@ -81,7 +43,9 @@ def test_sigterm_saves_memory_sessions_and_the_next_start_loads_them(tmp_path):
                        headers={**headers, "Content-Type": wire.SAFETENSORS_TYPE})
         assert r.status_code == 200, r.text
     finally:
-        stop(proc)
+        status = server.terminate()
+    # uvicorn finishes its graceful shutdown, then re-raises the signal it caught.
+    assert status in (0, -signal.SIGTERM), server.log.read_text()
     assert (tmp_path / "data" / "sessions.safetensors").exists()
 
     # The next start, in this process (a second server start would double the test's time).
