@@ -22,15 +22,9 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,63 +33,13 @@ import httpx
 import numpy as np
 import torch
 
+from bench.server import OPTIMIZER, Server
 from client import AsyncClient
 from client.types import SessionState
 from service import lopt
-from service.lopt import Checkpoint, CoordinatewiseLSTM, OptimizerConfig
+from service.lopt import Checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-OPTIMIZER = "bench-lstm"
 SHAPES = {"fc1.weight": [32, 16], "fc1.bias": [32], "fc2.weight": [1, 32], "fc2.bias": [1]}
-
-
-# --- the server ------------------------------------------------------------------------------------------------
-
-class Server:
-    """`l2o serve` on a free port of 127.0.0.1, in a scratch data directory."""
-
-    def __init__(self, workdir: Path, store: str) -> None:
-        self.workdir = workdir
-        checkpoint = Checkpoint(OptimizerConfig(), {k: v.detach() for k, v in CoordinatewiseLSTM(
-            OptimizerConfig(), generator=torch.Generator().manual_seed(0)).weights().items()})
-        checkpoint.save(workdir / "pretrained" / OPTIMIZER)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "L2O_DATA_DIR": str(workdir / "data"), "L2O_PRETRAINED_DIR": str(workdir / "pretrained"),
-               "L2O_SESSION_STORE": store, "L2O_SESSION_KEY_PREFIX": f"l2o-bench:{uuid.uuid4().hex}:",
-               "L2O_LOG_LEVEL": "warning", "L2O_PORT": str(self.port)}
-        env.pop("L2O_DATABASE_URL", None)
-        self.log = (workdir / "serve.log").open("wb")
-        command = "import sys; from service.cli import main; sys.exit(main(['serve']))"
-        self.proc = subprocess.Popen([sys.executable, "-c", command], cwd=REPO, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"l2o serve exited: {(workdir / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("l2o serve did not become ready in 90 s")
-            time.sleep(0.1)
-        self.admin_key = (workdir / "data" / "admin.key").read_text().strip()
-        self.checkpoint = (workdir / "pretrained" / OPTIMIZER / "weights.safetensors").read_bytes()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 # --- the clients -------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Step speed: `python -m bench.step [--quick] [--json PATH] [--sizes N ...] [--threads N]`.
+"""Step speed: `python -m bench.step [--quick] [--json PATH] [--sizes N ...] [--threads N] [--no-remote]`.
 
 For each size it times, in one run and round-robin (so that load from other processes falls on every
-contender alike), the nn.LSTMCell reference (straightforward, and in cache-sized chunks) and our
-in-process step (pure, in place into preallocated buffers, and with a bfloat16 state). In the same
+contender alike), the nn.LSTMCell reference (straightforward, and in cache-sized chunks), our
+in-process step (as the server runs it: into the session's preallocated spare buffer; the pure
+variant that allocates; a bfloat16 state), and a remote step through the SDK against a real
+`l2o serve` on 127.0.0.1, in safetensors and in JSON. In the same
 run it measures the machine's limits: a float32 matrix product's GFLOP/s and a large copy's GB/s, on
 the same threads. From those, a step's floor per coordinate is
 
@@ -12,17 +14,22 @@ the same threads. From those, a step's floor per coordinate is
 once, as a step must). Times are medians, in nanoseconds per coordinate; a measurement whose samples
 spread too much is re-measured.
 
+Per run it also measures start-up (the kernel's warm-up in a fresh process, cold and cached, and
+`l2o serve` from process start to ready) and cross-session batching: 64 concurrent sessions of 1,000
+coordinates through the step service, batching on and off, and the same over HTTP.
+
 Adding a measurement is adding a function:
 - per size: a function in SIZE_MEASUREMENTS, `(bench, n) -> zero-argument callable | None`, whose
   median time per coordinate becomes that key of the size's row (None: not measured, null in JSON);
 - per run: a function in RUN_MEASUREMENTS, `(bench) -> JSON value`, stored under its key.
 Resources that live for the whole run (a server, a client) go on `bench.stack` (an ExitStack) and
-`bench.shared`. The remote and batching entries are placeholders until their functions are written.
+`bench.shared`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -40,9 +47,15 @@ from typing import Any
 import torch
 
 from bench.reference import ReferenceLSTM
-from service.lopt import CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
+from bench.server import OPTIMIZER, Server
+from client import AsyncClient, Client
+from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
 
 SIZES = (10_000, 100_000, 1_000_000)
+JSON_MAX_COORDS = 100_000
+BATCH_SESSIONS, BATCH_COORDS = 64, 1_000
+BATCH_STEPS, BATCH_STEPS_QUICK = 40, 10
+BATCH_RUNS, BATCH_RUNS_QUICK = 3, 1
 REFERENCE_CHUNK = 16_384
 NOISY_SPREAD = 0.25      # interquartile range / median above which a measurement is taken again
 MAX_EXTRA_ROUNDS = 2
@@ -54,6 +67,7 @@ class Bench:
     weights: dict[str, torch.Tensor]
     repeats: int
     quick: bool
+    no_remote: bool = False
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     shared: dict[str, Any] = field(default_factory=dict)
     _inputs: dict[tuple[int, torch.dtype], tuple[torch.Tensor, LSTMState]] = field(default_factory=dict)
@@ -107,18 +121,19 @@ def reference_chunked_ns(bench: Bench, n: int) -> Callable[[], object]:
 
 
 def step_ns(bench: Bench, n: int) -> Callable[[], object]:
+    """The step the server runs: the new state into the session's spare buffer (double buffering,
+    as the memory store does), so no step allocates."""
+    return _double_buffered(bench, n, torch.float32)
+
+
+def step_pure_ns(bench: Bench, n: int) -> Callable[[], object]:
     """What `service.lopt.step` runs under no_grad: a new state tensor each call, inputs untouched."""
     grads, state = bench.inputs(n)
     return lambda: kernel.step_inference(bench.config, bench.weights, grads, state)
 
 
-def step_inplace_ns(bench: Bench, n: int) -> Callable[[], object]:
-    """The opt-in variant a server with preallocated state buffers uses (double-buffered here)."""
-    return _double_buffered(bench, n, torch.float32)
-
-
-def step_bf16_inplace_ns(bench: Bench, n: int) -> Callable[[], object]:
-    """The same with a bfloat16 state: half the bytes stored and moved per coordinate."""
+def step_bf16_ns(bench: Bench, n: int) -> Callable[[], object]:
+    """The server's step with a bfloat16 state: half the bytes stored and moved per coordinate."""
     return _double_buffered(bench, n, torch.bfloat16)
 
 
@@ -135,18 +150,43 @@ def _double_buffered(bench: Bench, n: int, dtype: torch.dtype) -> Callable[[], o
 
 
 def remote_binary_ns(bench: Bench, n: int) -> Callable[[], object] | None:
-    """A step through the SDK against a real `l2o serve` on 127.0.0.1, binary body. Not yet wired."""
-    return None
+    """A step through the SDK (`client.sessions.step`, safetensors body) against a real `l2o serve` on
+    127.0.0.1: encoding, HTTP both ways, the server's checks, step and commit, decoding the answer."""
+    return _remote_step(bench, n, "safetensors")
 
 
 def remote_json_ns(bench: Bench, n: int) -> Callable[[], object] | None:
-    """The same in JSON, up to 100,000 coordinates. Not yet wired."""
-    return None
+    """The same in JSON, up to 100,000 coordinates (JSON is for small models and debugging)."""
+    return _remote_step(bench, n, "json") if n <= JSON_MAX_COORDS else None
+
+
+def _remote_step(bench: Bench, n: int, wire: str) -> Callable[[], object] | None:
+    if bench.no_remote:
+        return None
+    client = remote_client(bench)
+    session = client.sessions.create(OPTIMIZER, {"w": [n]})
+    grads = {"w": bench.inputs(n)[0].numpy()}
+    count = [0]
+
+    def call() -> None:
+        count[0] = client.sessions.step(session.id, step=count[0], grads=grads, wire=wire).step
+    return call
+
+
+def remote_client(bench: Bench) -> Client:
+    """One `l2o serve` (batching on, as shipped) and one SDK client for the whole run."""
+    if "client" not in bench.shared:
+        workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="l2o-bench-step-")))
+        server = bench.stack.enter_context(Server(workdir, env={"L2O_SESSION_MAX_PER_KEY": "1000"}))
+        bench.shared["server_ready_s"] = server.ready_s
+        bench.shared["client"] = bench.stack.enter_context(Client(server.url, api_key=server.admin_key,
+                                                                  timeout=600))
+    return bench.shared["client"]
 
 
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
     reference_ns, reference_1thread_ns, reference_chunked_ns,
-    step_ns, step_inplace_ns, step_bf16_inplace_ns,
+    step_ns, step_pure_ns, step_bf16_ns,
     remote_binary_ns, remote_json_ns,
 ]
 
@@ -191,9 +231,120 @@ def _warmup_in_subprocess(cache: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def batching(bench: Bench) -> dict[str, float] | None:
-    """64 concurrent sessions x 1,000 coordinates, cross-session batching on and off. Not yet wired."""
-    return None
+def batching(bench: Bench) -> dict[str, Any]:
+    """64 concurrent sessions x 1,000 coordinates stepping through the server's step service
+    (SessionService.step: checks, LSTM, commit to the memory store; safetensors bodies made
+    beforehand), cross-session batching on and off, alternating runs; medians of the runs."""
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for _ in range(BATCH_RUNS_QUICK if bench.quick else BATCH_RUNS):
+        for mode in ("off", "on"):
+            runs[mode].append(asyncio.run(_batching_run(mode == "on", BATCH_STEPS_QUICK if bench.quick
+                                                        else BATCH_STEPS)))
+    return _batching_summary(runs)
+
+
+def batching_http(bench: Bench) -> dict[str, Any] | None:
+    """The same 64 x 1,000 load over HTTP: an AsyncClient per session in this process against two real
+    `l2o serve` processes, batching on and off. Client and server share the 2 cores, and each
+    request's HTTP work (client and server) costs more than its LSTM step, so this ratio is bounded
+    well below the service's."""
+    if bench.no_remote:
+        return None
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for mode in ("off", "on"):
+        workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix=f"l2o-bench-batch-{mode}-")))
+        env = {"L2O_SESSION_MAX_PER_KEY": "1000", "L2O_STEP_BATCHING": "true" if mode == "on" else "false"}
+        with Server(workdir, env=env) as server:
+            for _ in range(2):
+                runs[mode].append(asyncio.run(_batching_http_run(server, 5 if bench.quick else 20)))
+    return _batching_summary(runs)
+
+
+async def _batching_run(on: bool, steps: int) -> dict[str, float]:
+    from service.sessions import wire
+    from service.sessions.memory_store import MemoryStore
+    from service.sessions.service import SessionLimits, SessionService
+
+    versions = _BenchVersions()
+    svc = SessionService(MemoryStore(), versions, SessionLimits(max_sessions_per_key=BATCH_SESSIONS),
+                         batching=on)
+    fmt = wire.WireFormat.SAFETENSORS
+    sessions = [await svc.create("bench", OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
+    bodies = [[wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads")
+               for k in range(steps)] for i in range(BATCH_SESSIONS)]
+    latencies: list[float] = []
+
+    async def drive(i: int) -> None:
+        for k in range(steps):
+            began = time.perf_counter()
+            await svc.step("bench", sessions[i].id, bodies[i][k], fmt)
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(drive(i) for i in range(BATCH_SESSIONS)))
+    wall = time.perf_counter() - began
+    mean_batch = svc.batcher.requests / svc.batcher.batches if svc.batcher else 1.0
+    return _batching_numbers(latencies, wall, mean_batch)
+
+
+async def _batching_http_run(server: Server, steps: int) -> dict[str, float]:
+    latencies: list[float] = []
+    async with AsyncClient(server.url, api_key=server.admin_key, timeout=120) as client:
+        sessions = [await client.sessions.create(OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
+
+        async def drive(i: int) -> None:
+            for k in range(steps):
+                began = time.perf_counter()
+                await client.sessions.step(sessions[i].id, step=k, grads={"w": _batch_grads(i, k).numpy()})
+                latencies.append(time.perf_counter() - began)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(drive(i) for i in range(BATCH_SESSIONS)))
+        wall = time.perf_counter() - began
+        for session in sessions:
+            await client.sessions.delete(session.id)
+    return _batching_numbers(latencies, wall, None)
+
+
+def _batch_grads(session: int, step: int) -> torch.Tensor:
+    return torch.randn(BATCH_COORDS, generator=torch.Generator().manual_seed(session * 100_003 + step))
+
+
+def _batching_numbers(latencies: list[float], wall: float, mean_batch: float | None) -> dict[str, float]:
+    q = statistics.quantiles(latencies, n=100)
+    out = {"steps_per_s": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3, "p99_ms": q[98] * 1e3}
+    if mean_batch is not None:
+        out["mean_batch"] = mean_batch
+    return out
+
+
+def _batching_summary(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"sessions": BATCH_SESSIONS, "coords": BATCH_COORDS}
+    for mode, results in runs.items():
+        for key in results[0]:
+            out[f"{mode}_{key}"] = statistics.median(r[key] for r in results)
+    out["speedup"] = out["on_steps_per_s"] / out["off_steps_per_s"]
+    out["runs"] = runs
+    return out
+
+
+class _BenchVersions:
+    """The step service's view of a registry holding one version: the bench's seed-0 LSTM."""
+
+    def __init__(self) -> None:
+        from service.lopt.checkpoint import sha256_hex
+
+        net = CoordinatewiseLSTM(OptimizerConfig(), generator=torch.Generator().manual_seed(0))
+        self.data = Checkpoint(OptimizerConfig(), {k: v.detach() for k, v in net.weights().items()}).to_bytes()
+        self.digest = sha256_hex(self.data)
+
+    def resolve(self, reference: str) -> Any:
+        from service.sessions.versions import VersionRef
+
+        return VersionRef(OPTIMIZER, 1, "1", self.digest)
+
+    def checkpoint(self, version_id: str) -> bytes | None:
+        return self.data
 
 
 def environment(bench: Bench) -> dict[str, Any]:
@@ -203,9 +354,18 @@ def environment(bench: Bench) -> dict[str, Any]:
                                                                *sys.argv[1:]])}
 
 
+def server_ready_s(bench: Bench) -> float | None:
+    """`l2o serve` from process start to its first ready answer (imports, database, kernel warm-up)."""
+    if bench.no_remote:
+        return None
+    remote_client(bench)
+    return bench.shared["server_ready_s"]
+
+
 RUN_MEASUREMENTS: dict[str, Callable[[Bench], Any]] = {
     "environment": environment, "limit": limit, "memory": memory, "startup_s": startup_s,
-    "startup_cached_s": startup_cached_s, "batching": batching,
+    "startup_cached_s": startup_cached_s, "server_ready_s": server_ready_s, "batching": batching,
+    "batching_http": batching_http,
 }
 
 
@@ -280,23 +440,25 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
             row["speedup_over_1thread_reference"] = row["reference_1thread_ns"] / row["step_ns"]
             row["speedup_over_chunked_reference"] = row["reference_chunked_ns"] / row["step_ns"]
             row["times_limit"] = row["step_ns"] / floor
-        if row.get("step_inplace_ns"):
-            row["speedup_inplace"] = row["reference_ns"] / row["step_inplace_ns"]
-            row["times_limit_inplace"] = row["step_inplace_ns"] / floor
+        for wire in ("binary", "json"):
+            if row.get(f"remote_{wire}_ns") and row.get("step_ns"):
+                row[f"remote_{wire}_over_step"] = row[f"remote_{wire}_ns"] / row["step_ns"]
 
 
 def table(result: dict[str, Any]) -> str:
     cols = [("coords", None), ("reference", "reference_ns"), ("ref 1 thread", "reference_1thread_ns"),
             ("ref chunked", "reference_chunked_ns"),
-            ("step", "step_ns"), ("in place", "step_inplace_ns"), ("bf16 in place", "step_bf16_inplace_ns"),
+            ("step", "step_ns"), ("step pure", "step_pure_ns"), ("step bf16", "step_bf16_ns"),
             ("limit", "limit_ns"), ("speed-up", "speedup"), ("x limit", "times_limit"),
-            ("remote bin", "remote_binary_ns"), ("remote json", "remote_json_ns")]
-    lines = [" ".join(f"{c:>13}" for c, _ in cols)]
+            ("remote bin", "remote_binary_ns"), ("bin / step", "remote_binary_over_step"),
+            ("remote json", "remote_json_ns"), ("json / step", "remote_json_over_step")]
+    ratios = ("speedup", "times_limit", "remote_binary_over_step", "remote_json_over_step")
+    lines = ["  ".join(f"{c:>13}" for c, _ in cols)]
     for n, row in result["sizes"].items():
         cells = [f"{int(n):>13,}"]
         for _, key in cols[1:]:
             v = row.get(key)
-            cells.append(f"{'-':>13}" if v is None else f"{v:>12.2f}x" if key in ("speedup", "times_limit")
+            cells.append(f"{'-':>13}" if v is None else f"{v:>12.2f}x" if key in ratios
                          else f"{v:>13.1f}")
         lines.append("  ".join(cells))
     for n, row in result["sizes"].items():
@@ -308,13 +470,25 @@ def table(result: dict[str, Any]) -> str:
                  f"{lim['copy_gbs']:.2f} GB/s on {env['threads']} threads; backend {env['backend']}; "
                  f"start-up {result['startup_s']:.2f} s cold, {result['startup_cached_s']:.3f} s cached; "
                  f"state {result['memory']['state_bytes_per_coord']} bytes/coord")
+    if result.get("server_ready_s") is not None:
+        lines.append(f"l2o serve: process start to ready in {result['server_ready_s']:.2f} s "
+                     "(kernel warm-up included)")
+    for key, label in (("batching", "step service"), ("batching_http", "over HTTP")):
+        b = result.get(key)
+        if b:
+            lines.append(
+                f"{b['sessions']} sessions x {b['coords']:,} coords, {label}: batching on "
+                f"{b['on_steps_per_s']:,.0f} steps/s (p50 {b['on_p50_ms']:.1f} ms, p99 {b['on_p99_ms']:.1f} ms"
+                + (f", {b['on_mean_batch']:.1f} steps per LSTM call" if "on_mean_batch" in b else "")
+                + f"), off {b['off_steps_per_s']:,.0f} steps/s (p50 {b['off_p50_ms']:.1f} ms, "
+                f"p99 {b['off_p99_ms']:.1f} ms): {b['speedup']:.2f}x")
     return "\n".join(lines)
 
 
-def run(sizes: tuple[int, ...], repeats: int, quick: bool) -> dict[str, Any]:
+def run(sizes: tuple[int, ...], repeats: int, quick: bool, no_remote: bool = False) -> dict[str, Any]:
     config = OptimizerConfig()
     net = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(0))
-    bench = Bench(config, {k: v.detach() for k, v in net.weights().items()}, repeats, quick)
+    bench = Bench(config, {k: v.detach() for k, v in net.weights().items()}, repeats, quick, no_remote)
     with bench.stack:
         result: dict[str, Any] = {}
         for key, fn in RUN_MEASUREMENTS.items():
@@ -336,11 +510,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (default 7, 3 with --quick)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
+    parser.add_argument("--no-remote", action="store_true", help="skip everything that needs `l2o serve`")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
-    result = run(tuple(args.sizes), repeats, args.quick)
+    result = run(tuple(args.sizes), repeats, args.quick, args.no_remote)
     print(table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,9 @@ DTYPES: dict[str, np.dtype] = {
     "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
     "I8": np.dtype("i1"), "U8": np.dtype("u1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"),
     "I64": np.dtype("<i8"), "BOOL": np.dtype("?"),
+    "BF16": np.dtype("<u2"),   # read as bits, then widened to float32 by `loads`
 }
-CODE_OF: dict[tuple[str, int], str] = {(d.kind, d.itemsize): code for code, d in DTYPES.items()}
+CODE_OF: dict[tuple[str, int], str] = {(d.kind, d.itemsize): code for code, d in DTYPES.items() if code != "BF16"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -29,12 +30,16 @@ class SafetensorsError(ValueError):
     """Bytes that are not a well-formed safetensors file."""
 
 
-def dumps(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> bytes:
-    arrays = {name: _little_endian(np.asarray(value)) for name, value in tensors.items()}
+def dumps(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None, *,
+          bfloat16: Iterable[str] = ()) -> bytes:
+    """`bfloat16` names tensors to store as BF16 (numpy has no such dtype): their values are rounded."""
+    as_bf16 = set(bfloat16)
+    arrays = {name: _little_endian(bfloat16_bits(value) if name in as_bf16 else np.asarray(value))
+              for name, value in tensors.items()}
     header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, a in arrays.items():
-        code = CODE_OF.get((a.dtype.kind, a.dtype.itemsize))
+        code = "BF16" if name in as_bf16 else CODE_OF.get((a.dtype.kind, a.dtype.itemsize))
         if code is None:
             raise TypeError(f"cannot send {name!r} of dtype {a.dtype}: use float16, float32 or float64")
         header[name] = {"dtype": code, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
@@ -74,7 +79,23 @@ def loads(body: bytes | bytearray | memoryview) -> tuple[dict[str, str], dict[st
         count = math.prod(shape)
         arrays[name] = (np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape) if count
                         else np.empty(shape, dtype=dtype))
+        if spec["dtype"] == "BF16":   # widened exactly: a bfloat16 is the top half of a float32
+            arrays[name] = (arrays[name].astype("<u4") << 16).view("<f4")
     return metadata, arrays
+
+
+def dtype_codes(body: bytes | bytearray | memoryview) -> dict[str, str]:
+    """Each tensor's dtype code as the header names it (loads widens BF16, which numpy lacks, to float32)."""
+    view = memoryview(body).cast("B")
+    n = int.from_bytes(view[:8], "little")
+    header = json.loads(bytes(view[8:8 + n]))
+    return {name: spec["dtype"] for name, spec in header.items() if name != "__metadata__"}
+
+
+def bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 values as bfloat16 bit patterns (uint16), rounded to nearest even, as torch rounds."""
+    u = np.ascontiguousarray(a, dtype="<f4").view("<u4").astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
 
 
 def _little_endian(a: np.ndarray) -> np.ndarray:

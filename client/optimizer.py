@@ -30,7 +30,7 @@ import torch
 
 from client._client import Client
 from client._exceptions import APIResponseError, NotFoundError
-from client.types import CheckpointFile, SessionState, sha256_hex
+from client.types import STATE_DTYPES, CheckpointFile, SessionState, sha256_hex
 
 STATE_KEY = "l2o"
 STATE_FORMAT = "l2o-optimizer-state/1"
@@ -47,13 +47,14 @@ class OptimizerState:
     digest: str
     step: int
     shapes: Shapes                # the session's parameters, in the order their coordinates are laid out
-    hc: torch.Tensor              # (coordinates, layers, (h, c), hidden), float32
+    hc: torch.Tensor              # (coordinates, layers, (h, c), hidden), float32 (exactly the values held)
+    state_dtype: str = "float32"  # what the session keeps them in: float32, bfloat16 or float16
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and one tensor, so torch.save / torch.load(weights_only=True) round-trip it."""
         return {"format": STATE_FORMAT, "optimizer": self.optimizer, "version": self.version, "digest": self.digest,
                 "step": self.step, "names": list(self.shapes), "shapes": [list(s) for s in self.shapes.values()],
-                "hc": self.hc}
+                "hc": self.hc, "state_dtype": self.state_dtype}
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> OptimizerState:
@@ -64,15 +65,20 @@ class OptimizerState:
         hc = torch.as_tensor(entry["hc"], dtype=torch.float32)
         if hc.shape[:1] != (n_coords(shapes),):
             raise ValueError(f"the state holds {hc.shape[0]} coordinates, its shapes {n_coords(shapes)}")
+        state_dtype = str(entry.get("state_dtype", "float32"))
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"the state_dict's state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
         return cls(str(entry["optimizer"]), int(entry["version"]), str(entry["digest"]), int(entry["step"]),
-                   shapes, hc)
+                   shapes, hc, state_dtype)
 
     def to_session_state(self) -> SessionState:
-        return SessionState(self.optimizer, self.version, self.digest, self.step, self.shapes, self.hc.numpy())
+        return SessionState(self.optimizer, self.version, self.digest, self.step, self.shapes, self.hc.numpy(),
+                            self.state_dtype)
 
     @classmethod
     def from_session_state(cls, s: SessionState) -> OptimizerState:
-        return cls(s.optimizer, s.version, s.digest, s.step, dict(s.shapes), torch.from_numpy(s.hc))
+        return cls(s.optimizer, s.version, s.digest, s.step, dict(s.shapes), torch.from_numpy(s.hc),
+                   s.state_dtype)
 
     def remap(self, shapes: Shapes) -> OptimizerState:
         """The state for a session over `shapes`: rows of parameters kept, zeros (a fresh LSTM state) for new
@@ -90,7 +96,13 @@ class OptimizerState:
                 rows.append(self.hc[offsets[name][0]:offsets[name][1]])
             else:
                 rows.append(self.hc.new_zeros((math.prod(shape), *self.hc.shape[1:])))
-        return OptimizerState(self.optimizer, self.version, self.digest, self.step, dict(shapes), torch.cat(rows))
+        return OptimizerState(self.optimizer, self.version, self.digest, self.step, dict(shapes), torch.cat(rows),
+                              self.state_dtype)
+
+
+def check_state_dtype(state_dtype: str) -> None:
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
 
 
 def n_coords(shapes: Shapes) -> int:
@@ -198,14 +210,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
 # --- through the service ----------------------------------------------------------------------------------
 
 class RemoteSession:
-    def __init__(self, client: Client, reference: str) -> None:
+    def __init__(self, client: Client, reference: str, state_dtype: str = "float32") -> None:
         self.client = client
         self.reference = reference
+        self.state_dtype = state_dtype
         self.session_id: str | None = None
 
     def open(self, shapes: Shapes, state: OptimizerState | None) -> None:
         if state is None:
-            session = self.client.sessions.create(self.reference, shapes)
+            session = self.client.sessions.create(self.reference, shapes, state_dtype=self.state_dtype)
         else:
             # The state names its own version; resuming on it (not on what the reference means today) is what
             # makes load_state_dict continue the run exactly.
@@ -235,11 +248,15 @@ class RemoteOptimizer(LearnedOptimizer):
     """A torch optimizer whose steps run on an l2o server (see the module docstring).
 
     `optimizer` is a registry reference (`name`, `name:3`, `name@alias`), resolved when the session opens
-    and pinned for the run. `client` defaults to `Client()` (L2O_URL, L2O_API_KEY)."""
+    and pinned for the run. `client` defaults to `Client()` (L2O_URL, L2O_API_KEY). `state_dtype`
+    "bfloat16" or "float16" has the server keep the LSTM state in half the bytes (a resumed state keeps
+    the dtype it was made with)."""
 
-    def __init__(self, params: Iterable[Any], optimizer: str, *, client: Client | None = None) -> None:
+    def __init__(self, params: Iterable[Any], optimizer: str, *, client: Client | None = None,
+                 state_dtype: str = "float32") -> None:
+        check_state_dtype(state_dtype)
         self.client = client or Client()
-        super().__init__(params, RemoteSession(self.client, optimizer))
+        super().__init__(params, RemoteSession(self.client, optimizer, state_dtype))
 
     @property
     def session_id(self) -> str | None:
@@ -252,14 +269,17 @@ class RemoteOptimizer(LearnedOptimizer):
 class LocalSession:
     """The server's step, run here: the same kernel on the same float32 vector in the same order."""
 
-    def __init__(self, checkpoint: CheckpointFile) -> None:
+    def __init__(self, checkpoint: CheckpointFile, state_dtype: str = "float32") -> None:
         from service import lopt  # the learned-optimizer core: torch only, no web framework
+        from service.lopt.tensors import all_finite
 
         self.lopt = lopt
+        self.all_finite = all_finite
         loaded = lopt.Checkpoint.from_bytes(checkpoint.data, expected_sha256=checkpoint.sha256)
         self.config = loaded.config
         self.weights = {k: v.to(torch.float32).contiguous() for k, v in loaded.weights.items()}
         self.checkpoint = checkpoint
+        self.state_dtype = state_dtype
         self.shapes: Shapes = {}
         self.hc: torch.Tensor | None = None
         self.count = 0
@@ -275,13 +295,17 @@ class LocalSession:
             raise ValueError(f"the state tensor has shape {list(state.hc.shape)}, "
                              f"this optimizer needs {list(expected)}")
         self.shapes = dict(shapes)
-        self.hc = state.hc.clone().contiguous() if state is not None else self.lopt.init(self.config, n).hc
+        if state is not None:
+            self.state_dtype = state.state_dtype   # as the server does: a resumed state keeps its dtype
+        dtype = getattr(torch, self.state_dtype)
+        self.hc = (state.hc.to(dtype).contiguous() if state is not None
+                   else self.lopt.init(self.config, n, dtype=dtype).hc)
         self.count = state.step if state is not None else 0
 
     def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         parts = [grads[name].detach().reshape(-1).to(device="cpu", dtype=torch.float32) for name in self.shapes]
         for name, part in zip(self.shapes, parts, strict=True):
-            if not bool(torch.isfinite(part).all()):
+            if not self.all_finite(part):
                 raise ValueError(f"the gradient of {name!r} has NaN or infinite values (as float32)")
         with torch.no_grad():
             updates, state = self.lopt.step(self.config, self.weights, torch.cat(parts), self.lopt.LSTMState(self.hc))
@@ -292,7 +316,8 @@ class LocalSession:
 
     def export(self) -> OptimizerState:
         c = self.checkpoint
-        return OptimizerState(c.name, c.version, c.sha256, self.count, dict(self.shapes), self.hc.clone())
+        return OptimizerState(c.name, c.version, c.sha256, self.count, dict(self.shapes),
+                              self.hc.to(torch.float32, copy=True), self.state_dtype)
 
     def close(self) -> None:
         self.shapes, self.hc = {}, None
@@ -307,7 +332,8 @@ class LocalOptimizer(LearnedOptimizer):
     the one the server steps with: that is what makes the updates equal, bit for bit."""
 
     def __init__(self, params: Iterable[Any], optimizer: str | None = None, *, client: Client | None = None,
-                 checkpoint: CheckpointFile | bytes | str | Path | None = None) -> None:
+                 checkpoint: CheckpointFile | bytes | str | Path | None = None, state_dtype: str = "float32") -> None:
+        check_state_dtype(state_dtype)
         if (optimizer is None) == (checkpoint is None):
             raise ValueError("give either optimizer= (a registry reference, downloaded) or checkpoint=")
         if checkpoint is None:
@@ -317,4 +343,4 @@ class LocalOptimizer(LearnedOptimizer):
             # Not from a registry: its state_dict resumes only on a LocalOptimizer of the same bytes.
             checkpoint = CheckpointFile("local", 0, sha256_hex(data), data)
         self.checkpoint = checkpoint
-        super().__init__(params, LocalSession(checkpoint))
+        super().__init__(params, LocalSession(checkpoint, state_dtype))

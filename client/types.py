@@ -18,6 +18,8 @@ import numpy as np
 from client import _safetensors
 
 STATE_FORMAT = "l2o-session-state/1"
+STATE_DTYPES = ("float32", "bfloat16", "float16")
+STATE_DTYPE_OF = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}   # safetensors code -> name
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -124,6 +126,7 @@ class Session:
     n_coords: int
     step: int                     # steps applied so far: the number the next step must carry
     state_bytes: int = 0
+    state_dtype: str = "float32"  # what the server keeps the LSTM state in
     created_at: datetime | None = None
     last_used_at: datetime | None = None
     expires_at: datetime | None = None
@@ -152,7 +155,8 @@ class SessionState:
     digest: str
     step: int
     shapes: dict[str, tuple[int, ...]]
-    hc: np.ndarray                    # (coordinates, layers, (h, c), hidden), float32
+    hc: np.ndarray                    # (coordinates, layers, (h, c), hidden), float32 (exactly the values held)
+    state_dtype: str = "float32"      # what the session keeps them in: float32, bfloat16 or float16
 
     @property
     def reference(self) -> str:
@@ -165,7 +169,12 @@ class SessionState:
             raise _safetensors.SafetensorsError(
                 f"not a session state (format {meta.get('format')!r}, tensors {sorted(arrays)})")
         shapes = {name: tuple(shape) for name, shape in json.loads(meta["shapes"])}
-        return cls(meta["optimizer"], int(meta["version"]), meta["digest"], int(meta["step"]), shapes, arrays["hc"])
+        dtype = STATE_DTYPE_OF.get(_safetensors.dtype_codes(data)["hc"])
+        if dtype is None:
+            raise _safetensors.SafetensorsError(f"a session state's hc must be F32, BF16 or F16, got "
+                                                f"{_safetensors.dtype_codes(data)['hc']}")
+        return cls(meta["optimizer"], int(meta["version"]), meta["digest"], int(meta["step"]), shapes,
+                   arrays["hc"].astype(np.float32), dtype)
 
     def to_bytes(self) -> bytes:
         n = sum(math.prod(s) for s in self.shapes.values())
@@ -174,7 +183,12 @@ class SessionState:
         meta = {"format": STATE_FORMAT, "optimizer": self.optimizer, "version": str(self.version),
                 "digest": self.digest, "step": str(self.step),
                 "shapes": json.dumps([[name, list(shape)] for name, shape in self.shapes.items()])}
-        return _safetensors.dumps({"hc": np.asarray(self.hc, dtype=np.float32)}, meta)
+        hc = np.asarray(self.hc, dtype=np.float32)
+        if self.state_dtype == "bfloat16":
+            return _safetensors.dumps({"hc": hc}, meta, bfloat16=["hc"])
+        if self.state_dtype == "float16":
+            return _safetensors.dumps({"hc": hc.astype(np.float16)}, meta)
+        return _safetensors.dumps({"hc": hc}, meta)
 
 
 # --- jobs ---------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     session_max_per_key: int = Field(default=16, ge=1)
     session_max_state_bytes: int = Field(default=2 * 1024**3, ge=1)
     step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    step_batching: bool = True
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     rate_limit_per_s: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)

@@ -40,9 +40,11 @@ def as_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _create(optimizer: str, shapes: Mapping[str, Sequence[int]]) -> RequestOptions:
-    return RequestOptions("POST", BASE, json={"optimizer": optimizer,
-                                              "shapes": {name: [int(d) for d in s] for name, s in shapes.items()}})
+def _create(optimizer: str, shapes: Mapping[str, Sequence[int]], state_dtype: str | None) -> RequestOptions:
+    body: dict[str, Any] = {"optimizer": optimizer, "shapes": {name: [int(d) for d in s] for name, s in shapes.items()}}
+    if state_dtype is not None:
+        body["state_dtype"] = state_dtype
+    return RequestOptions("POST", BASE, json=body)
 
 
 def _resume(state: SessionState | bytes, optimizer: str | None) -> RequestOptions:
@@ -90,9 +92,11 @@ def _session(session_id: str, suffix: str = "", method: str = "GET") -> RequestO
 
 
 class Sessions(SyncResource):
-    def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]]) -> Session:
-        """A session on the version `optimizer` resolves to, for parameters of these shapes (by name)."""
-        session = Session.from_json(self._client.json_of(self._client.send(_create(optimizer, shapes))))
+    def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]], *,
+               state_dtype: str | None = None) -> Session:
+        """A session on the version `optimizer` resolves to, for parameters of these shapes (by name).
+        `state_dtype` "bfloat16" or "float16" has the server keep the LSTM state in half the bytes."""
+        session = Session.from_json(self._client.json_of(self._client.send(_create(optimizer, shapes, state_dtype))))
         self._client.opened_session(session.id)
         return session
 
@@ -123,8 +127,10 @@ class Sessions(SyncResource):
 
 
 class AsyncSessions(AsyncResource):
-    async def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]]) -> Session:
-        session = Session.from_json(self._client.json_of(await self._client.send(_create(optimizer, shapes))))
+    async def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]], *,
+                     state_dtype: str | None = None) -> Session:
+        session = Session.from_json(self._client.json_of(
+            await self._client.send(_create(optimizer, shapes, state_dtype))))
         self._client.opened_session(session.id)
         return session
 

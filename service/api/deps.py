@@ -5,6 +5,10 @@
 
 Handlers own the transaction: they call a service function, then `db.commit()`. A session that ends
 without commit is rolled back, so an error leaves nothing half-written.
+
+Dependencies that only read memory are `async def`: FastAPI runs a plain `def` dependency on a worker
+thread, and each such hop costs a step request more than the check itself. Those that touch the
+database (the key check) stay plain functions, off the event loop.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def get_db(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -73,7 +77,7 @@ def require_scope(scope: Scope) -> Callable[[ApiKey], ApiKey]:
     if scope not in keys.SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    def key_with_scope(key: CurrentKey) -> ApiKey:
+    async def key_with_scope(key: CurrentKey) -> ApiKey:
         if not key.has_scope(scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope",
                             detail={"required": scope, "granted": key.scopes})

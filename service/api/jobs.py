@@ -42,7 +42,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_S = 15.0
 
 
-def reader_key(key: CurrentKey) -> ApiKey:
+async def reader_key(key: CurrentKey) -> ApiKey:
     if not (key.has_scope("train") or key.has_scope("admin")):
         raise Forbidden("reading jobs needs the 'train' or 'admin' scope",
                         detail={"required": ["train", "admin"], "granted": key.scopes})

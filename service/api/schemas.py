@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,6 +127,9 @@ class SessionCreate(BaseModel):
     optimizer: str = Field(description="`name`, `name:N` or `name@alias`; resolved once, pinned for the session")
     shapes: dict[str, list[StrictDim]] = Field(
         description="the shape of every parameter, by name: {\"fc1.weight\": [20, 64], \"fc1.bias\": [20]}")
+    state_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="what the server keeps each coordinate's LSTM state in: bfloat16 or "
+        "float16 halve the bytes held per coordinate (the step computes in float32 either way)")
 
 
 class PinnedVersion(BaseModel):
@@ -143,6 +146,7 @@ class SessionOut(BaseModel):
     n_coords: int
     step: int = Field(description="steps applied so far: the step number the next request must carry")
     state_bytes: int = Field(description="bytes of LSTM state the server holds for this session")
+    state_dtype: str = Field(description="what the LSTM state is kept in: float32, bfloat16 or float16")
     created_at: datetime
     last_used_at: datetime
     expires_at: datetime = Field(description="when the session expires unless a step comes first")
@@ -155,5 +159,5 @@ class SessionOut(BaseModel):
         return cls(id=i.id, optimizer=PinnedVersion(name=i.optimizer, version=i.version,
                                                     reference=f"{i.optimizer}:{i.version}", digest=i.digest),
                    shapes={n: list(s) for n, s in i.shapes.items()}, n_coords=i.n_coords, step=i.step,
-                   state_bytes=i.nbytes, created_at=at(i.created_at), last_used_at=at(i.last_used_at),
-                   expires_at=at(i.last_used_at + idle_timeout_s))
+                   state_bytes=i.nbytes, state_dtype=i.state_dtype, created_at=at(i.created_at),
+                   last_used_at=at(i.last_used_at), expires_at=at(i.last_used_at + idle_timeout_s))

@@ -52,7 +52,7 @@ STEP_ANSWER = {200: {"description": "the updates by name (θ ← θ + update), i
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def get_sessions(request: Request) -> SessionService:
+async def get_sessions(request: Request) -> SessionService:
     return request.app.state.sessions
 
 
@@ -74,7 +74,7 @@ async def create_session(request: Request, response: Response, key: OptimizeKey,
         where = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         raise ValidationError(f"invalid session spec: {where}",
                               detail=[{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]) from exc
-    info = await sessions.create(str(key.id), spec.optimizer, spec.shapes)
+    info = await sessions.create(str(key.id), spec.optimizer, spec.shapes, state_dtype=spec.state_dtype)
     response.headers["Location"] = f"/v1/sessions/{info.id}"
     return SessionOut.of(info, sessions.limits.idle_timeout_s)
 
@@ -146,7 +146,8 @@ async def sessions_component(app: FastAPI) -> AsyncIterator[None]:
     # Build (or load from the on-disk cache) the step kernel now, so no first step stalls on a compile.
     app.state.kernel_warmup_s = await anyio.to_thread.run_sync(kernel.warmup, OptimizerConfig())
     log.info("step kernel ready (%s) in %.3f s", kernel.backend(OptimizerConfig()), app.state.kernel_warmup_s)
-    sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings))
+    sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings),
+                              batching=settings.step_batching)
     app.state.sessions = sessions
     app.state.is_version_in_use = sessions.is_version_in_use
     sweeper = asyncio.create_task(sessions.run_sweeper())

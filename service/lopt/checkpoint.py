@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 
 from service.lopt.config import ConfigError, OptimizerConfig
 from service.lopt.network import weight_shapes
+from service.lopt.tensors import all_finite
 
 FORMAT = "l2o-lstm/1"
 WEIGHTS_FILE = "weights.safetensors"
@@ -179,5 +180,5 @@ def check_weights(config: OptimizerConfig, weights: dict[str, torch.Tensor]) -> 
             raise CheckpointError(f"weight {name} has shape {tuple(w.shape)}, config implies {shape}")
         if not w.dtype.is_floating_point:
             raise CheckpointError(f"weight {name} has dtype {w.dtype}, expected a float dtype")
-        if not bool(torch.isfinite(w).all()):
+        if not all_finite(w):
             raise CheckpointError(f"weight {name} has NaN or infinite values")

@@ -3,6 +3,7 @@
     updates, new_state = step_inference(config, weights, grads, state)          # pure
     updates, state = step_inference_(config, weights, grads, state)             # writes into state.hc
     updates, state = step_inference_(config, weights, grads, state, out_state=buffer, out_updates=u)
+    step_inference_many(config, weights, [Segment(grads, state, out_state, out_updates), ...])   # one call
 
 Two implementations sit behind these functions:
 
@@ -16,7 +17,8 @@ Two implementations sit behind these functions:
 
 Batch invariance: a coordinate's update and new state are bit-identical whatever other coordinates
 share the call, as long as its slice starts at a multiple of BLOCK (`padded_len` gives the aligned
-length a batcher should reserve per slice). The native kernel is stronger: every coordinate runs the
+length a batcher should reserve per slice; `step_inference_many` lays its segments out that way). The
+native kernel is stronger: every coordinate runs the
 same lane-wise instructions, so its bits do not depend on its offset at all. Bits can differ between
 the two implementations and between CPU types (the native code is compiled for the host CPU); each
 agrees with `step_autograd` to float32 tolerance.
@@ -31,6 +33,8 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -130,6 +134,59 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
         with torch.no_grad():
             _step_blocks(config, weights, g, hc, out_state, out_updates)
     return out_updates, LSTMState(out_state)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One caller's share of a batched step: its gradients and state in, where its results go."""
+
+    grads: torch.Tensor
+    state: LSTMState
+    out_state: torch.Tensor
+    out_updates: torch.Tensor
+
+
+def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor],
+                        segments: Sequence[Segment]) -> None:
+    """`step_inference_` for every segment in one call (e.g. concurrent sessions on one optimizer
+    version): the threads share all segments' coordinates, and each segment's results are
+    bit-identical to a call on that segment alone. Segments share one state dtype and device; each
+    `out_state` follows `step_inference_`'s rules (it may be the segment's own state)."""
+    if not segments:
+        return
+    _check_weights(config, weights)
+    dtype, device = segments[0].state.hc.dtype, segments[0].state.hc.device
+    parts = []
+    for i, seg in enumerate(segments):
+        hc = _check_state(config, seg.grads, seg.state.hc)
+        if hc.dtype != dtype or hc.device != device:
+            raise ValueError(f"segment {i} has a {hc.dtype} state on {hc.device}; the first has {dtype} on {device}")
+        n = hc.shape[0]
+        _check_out("out_state", seg.out_state, hc.shape, dtype, device)
+        _check_out("out_updates", seg.out_updates, (n,), torch.float32, device)
+        if not hc.is_contiguous():
+            raise ValueError(f"segment {i}: a batched step needs contiguous state tensors")
+        parts.append((seg.grads.to(torch.float32).contiguous(), hc, seg.out_state, seg.out_updates))
+    if backend(config, device) == "native":
+        native.load(config).run_many(config, weights, parts, torch.get_num_threads())
+        return
+    # The torch path: every segment starts on a block boundary of one padded buffer, so each block
+    # holds one segment's coordinates and zeros, exactly as in a call on that segment alone.
+    offsets, total = [], 0
+    for g, _, _, _ in parts:
+        offsets.append(total)
+        total += padded_len(g.shape[0])
+    grads = torch.zeros(total, device=device)
+    hc = torch.zeros((total, *parts[0][1].shape[1:]), dtype=dtype, device=device)
+    for start, (g, h, _, _) in zip(offsets, parts, strict=True):
+        grads[start:start + g.shape[0]] = g
+        hc[start:start + g.shape[0]] = h
+    out_hc, out_u = torch.empty_like(hc), torch.empty(total, device=device)
+    with torch.no_grad():
+        _step_blocks(config, weights, grads, hc, out_hc, out_u)
+    for start, (g, _, o_state, o_updates) in zip(offsets, parts, strict=True):
+        o_state.copy_(out_hc[start:start + g.shape[0]])
+        o_updates.copy_(out_u[start:start + g.shape[0]])
 
 
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -112,7 +113,6 @@ typedef struct {
     const float *head;             /* HID weights, then the bias */
     float threshold, exp_p, p, scale;
     int stream;                    /* write the new state around the cache (large, out-of-place steps) */
-    int64_t next_tile;             /* shared work counter */
 } job_t;
 
 typedef uint32_t vu __attribute__((vector_size(VL * 4), aligned(VL * 4)));
@@ -356,12 +356,27 @@ static void step_tile(const job_t *jb, int64_t base, int count) {
         for (int r = 0; r < count; r++) jb->updates[base + r] = u[r];
 }
 
+/* A call's work: one or more segments (each a job_t over its own arrays, e.g. one session's
+   coordinates), cut into units of up to CHUNK_TILES tiles that never cross a segment. Threads claim
+   units from one counter, so many small segments share the threads as well as one large one does. */
+typedef struct {
+    int nseg;
+    const job_t *jobs;
+    const int64_t *first_unit;     /* nseg + 1 entries: segment s owns units [first_unit[s], first_unit[s+1]) */
+    int64_t next_unit;             /* shared work counter */
+} batch_t;
+
 static void *worker(void *arg) {
-    job_t *jb = (job_t *)arg;
-    int64_t tiles = (jb->n + VL - 1) / VL;
+    batch_t *bt = (batch_t *)arg;
+    int64_t units = bt->first_unit[bt->nseg];
+    int s = 0;
     for (;;) {
-        int64_t t0 = __atomic_fetch_add(&jb->next_tile, CHUNK_TILES, __ATOMIC_RELAXED);
-        if (t0 >= tiles) break;
+        int64_t u = __atomic_fetch_add(&bt->next_unit, 1, __ATOMIC_RELAXED);
+        if (u >= units) break;
+        while (bt->first_unit[s + 1] <= u) s++;    /* units are claimed in increasing order */
+        const job_t *jb = &bt->jobs[s];
+        int64_t tiles = (jb->n + VL - 1) / VL;
+        int64_t t0 = (u - bt->first_unit[s]) * CHUNK_TILES;
         int64_t t1 = t0 + CHUNK_TILES < tiles ? t0 + CHUNK_TILES : tiles;
         for (int64_t t = t0; t < t1; t++) {
             int64_t base = t * VL;
@@ -377,26 +392,61 @@ static void *worker(void *arg) {
 
 int l2o_lanes(void) { return VL; }
 
-/* One step for n coordinates on up to `threads` threads; state_in may be state_out (each tile is read
-   before it is written). A thread that cannot be started only means fewer helpers: the calling
-   thread takes whatever work is left, so the step always completes. */
-void l2o_step(int64_t n, const float *grads, const void *state_in, void *state_out, float *updates, int dtype,
-              const float *weights, const float *head, float threshold, float exp_p, float p, float scale,
-              int threads) {
+#define MAX_SEGMENTS 4096
+
+/* One step over `nseg` segments of coordinates at once, on up to `threads` threads. Segment s has
+   ns[s] coordinates and four arrays, ptrs[4s .. 4s+3]: grads, state_in, state_out, updates; state_in
+   may be state_out (each tile is read before it is written). Every coordinate's result is what a
+   call on its segment alone gives (see the top of this file). A thread that cannot be started only
+   means fewer helpers: the calling thread takes whatever work is left, so the step always
+   completes. Returns 0; -1 when nseg is out of range, -2 when out of memory (nothing computed). */
+int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, const float *weights,
+                  const float *head, float threshold, float exp_p, float p, float scale, int threads) {
+    if (nseg < 1 || nseg > MAX_SEGMENTS) return -1;
+    job_t small_jobs[16];
+    int64_t small_units[17];
+    job_t *jobs = nseg <= 16 ? small_jobs : malloc(nseg * sizeof *jobs);
+    int64_t *first_unit = nseg <= 16 ? small_units : malloc((nseg + 1) * sizeof *first_unit);
+    if (!jobs || !first_unit) {
+        if (jobs != small_jobs) free(jobs);
+        if (first_unit != small_units) free(first_unit);
+        return -2;
+    }
     int size = dtype == DT_F32 ? 4 : 2;
-    int stream = state_out != state_in && n * NF * size >= STREAM_BYTES && NF % VL == 0
-                 && (uintptr_t)state_out % (VL * size) == 0;
-    job_t jb = {n, grads, state_in, state_out, updates, dtype, weights, head, threshold, exp_p, p, scale, stream, 0};
-    int64_t tiles = (n + VL - 1) / VL;
-    int64_t chunks = (tiles + CHUNK_TILES - 1) / CHUNK_TILES;
-    if (threads > chunks) threads = (int)chunks;
+    first_unit[0] = 0;
+    for (int s = 0; s < nseg; s++) {
+        int64_t n = ns[s];
+        const void *in = ptrs[4 * s + 1];
+        void *out = ptrs[4 * s + 2];
+        int stream = out != in && n * NF * size >= STREAM_BYTES && NF % VL == 0
+                     && (uintptr_t)out % (VL * size) == 0;
+        job_t jb = {n, (const float *)ptrs[4 * s], in, out, (float *)ptrs[4 * s + 3], dtype, weights, head,
+                    threshold, exp_p, p, scale, stream};
+        jobs[s] = jb;
+        int64_t tiles = (n + VL - 1) / VL;
+        first_unit[s + 1] = first_unit[s] + (tiles + CHUNK_TILES - 1) / CHUNK_TILES;
+    }
+    batch_t bt = {nseg, jobs, first_unit, 0};
+    int64_t units = first_unit[nseg];
+    if (threads > units) threads = (int)units;
     if (threads > 64) threads = 64;
     pthread_t ids[64];
     int started = 0;
     for (int t = 1; t < threads; t++) {
-        if (pthread_create(&ids[started], 0, worker, &jb) != 0) break;
+        if (pthread_create(&ids[started], 0, worker, &bt) != 0) break;
         started++;
     }
-    worker(&jb);
+    worker(&bt);
     for (int t = 0; t < started; t++) pthread_join(ids[t], 0);
+    if (jobs != small_jobs) free(jobs);
+    if (first_unit != small_units) free(first_unit);
+    return 0;
+}
+
+/* One segment: the single-session step. */
+void l2o_step(int64_t n, const float *grads, const void *state_in, void *state_out, float *updates, int dtype,
+              const float *weights, const float *head, float threshold, float exp_p, float p, float scale,
+              int threads) {
+    void *ptrs[4] = {(void *)grads, (void *)state_in, state_out, updates};
+    l2o_step_many(1, &n, ptrs, dtype, weights, head, threshold, exp_p, p, scale, threads);
 }

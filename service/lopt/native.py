@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("lstm_step.c")
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+MAX_SEGMENTS = 4096  # as lstm_step.c allows per call
 MAX_UNIT_BLOCK = 5   # 4 gates x 5 units = 20 accumulators: fits AVX-512's 32 registers with room to spare
 
 
@@ -135,6 +136,12 @@ class NativeKernel:
                        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_float,
                        ctypes.c_float, ctypes.c_float, ctypes.c_int]
         self.fn = fn
+        many = self.lib.l2o_step_many
+        many.restype = ctypes.c_int
+        many.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                         ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                         ctypes.c_int]
+        self.fn_many = many
         self.lanes = self.lib.l2o_lanes()
         self._packed: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
@@ -181,6 +188,23 @@ class NativeKernel:
         self.fn(grads.shape[0], grads.data_ptr(), hc_in.data_ptr(), hc_out.data_ptr(), updates.data_ptr(),
                 DTYPE_CODES[hc_in.dtype], packed.data_ptr(), head.data_ptr(), math.exp(-p), math.exp(p), p,
                 float(config.output_scale), max(1, threads))
+
+
+    def run_many(self, config: OptimizerConfig, weights: dict[str, torch.Tensor],
+                 segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], threads: int) -> None:
+        """One call over many (grads, hc_in, hc_out, updates) segments, each as `run` takes them, all of
+        one state dtype: the threads share the work of every segment."""
+        packed, head = self.pack(weights)
+        p = float(config.preprocess_p)
+        for start in range(0, len(segments), MAX_SEGMENTS):
+            part = segments[start:start + MAX_SEGMENTS]
+            ns = (ctypes.c_int64 * len(part))(*(g.shape[0] for g, _, _, _ in part))
+            ptrs = (ctypes.c_void_p * (4 * len(part)))(*(t.data_ptr() for seg in part for t in seg))
+            rc = self.fn_many(len(part), ns, ptrs, DTYPE_CODES[part[0][1].dtype], packed.data_ptr(),
+                              head.data_ptr(), math.exp(-p), math.exp(p), p, float(config.output_scale),
+                              max(1, threads))
+            if rc != 0:
+                raise MemoryError(f"the native step over {len(part)} segments failed (code {rc})")
 
 
 _kernels: dict[tuple, NativeKernel | NativeError] = {}   # by (hidden, layers, inputs, preprocess)

@@ -10,6 +10,7 @@ import torch
 from service.errors import DigestMismatch, InvalidCheckpoint
 from service.lopt import Checkpoint, CheckpointError, init, step
 from service.lopt.checkpoint import read_metadata, sha256_hex
+from service.lopt.tensors import all_finite
 
 # Gradients across the magnitudes optimizees produce, zero and both signs included.
 PROBE_GRADS = (0.0, 1e-12, -1e-8, 1e-4, -1e-2, 1.0, -1.0, 1e2, -1e4, 1e8)
@@ -23,10 +24,10 @@ def probe(checkpoint: Checkpoint) -> None:
     with torch.no_grad():
         for i in range(PROBE_STEPS):
             updates, state = step(checkpoint.config, checkpoint.weights, grads, state)
-            if not bool(torch.isfinite(updates).all()):
+            if not all_finite(updates):
                 raise InvalidCheckpoint(f"the checkpoint produces non-finite updates on a probe gradient "
                                         f"(step {i + 1})", detail={"probe_grads": list(PROBE_GRADS)})
-            if not bool(torch.isfinite(state.hc).all()):
+            if not all_finite(state.hc):
                 raise InvalidCheckpoint(f"the checkpoint produces a non-finite state on a probe gradient "
                                         f"(step {i + 1})", detail={"probe_grads": list(PROBE_GRADS)})
 

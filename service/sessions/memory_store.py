@@ -19,7 +19,7 @@ from service.sessions.wire import read_safetensors, write_safetensors
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "l2o-sessions/1"
-SNAPSHOT_DTYPES = {"F32": torch.float32, "U8": torch.uint8}
+SNAPSHOT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "U8": torch.uint8}
 
 
 class MemoryStore(SessionStore):
@@ -28,6 +28,10 @@ class MemoryStore(SessionStore):
         self.tombstone_ttl_s = tombstone_ttl_s
         self._lock = threading.Lock()
         self._records: dict[str, SessionRecord] = {}
+        # Per session, the state tensor of the step before the current one: the next step writes into
+        # it (double buffering), so a step never allocates, and the current state stays intact until
+        # its successor is committed. Resident memory is twice the state bytes the limits count.
+        self._spares: dict[str, torch.Tensor] = {}
         self._tombstones: dict[str, tuple[str, float]] = {}  # id -> (owner, forget after)
         self._bytes = 0
 
@@ -101,7 +105,16 @@ class MemoryStore(SessionStore):
                 return False
             info = replace(record.info, step=expected_step + 1, last_used_at=used_at)
             self._records[session_id] = SessionRecord(info, hc, answer, answer_type)
+            if record.hc is not hc:
+                self._spares[session_id] = record.hc
             return True
+
+    def step_buffer(self, record: SessionRecord) -> torch.Tensor:
+        with self._lock:
+            spare = self._spares.pop(record.id, None)
+        if spare is None or spare.shape != record.hc.shape or spare.dtype != record.hc.dtype:
+            return torch.empty_like(record.hc)
+        return spare
 
     def delete(self, session_id: str) -> bool:
         with self._lock:
@@ -140,6 +153,7 @@ class MemoryStore(SessionStore):
 
     def _remove(self, session_id: str) -> SessionRecord | None:
         record = self._records.pop(session_id, None)
+        self._spares.pop(session_id, None)
         if record is not None:
             self._bytes -= record.info.nbytes
         return record

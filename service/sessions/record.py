@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+# The dtypes a session's LSTM state may be kept in, by name: the step computes in float32 either way.
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -24,6 +27,7 @@ class SessionInfo:
     step: int                             # steps applied so far
     created_at: float
     last_used_at: float
+    state_dtype: str = "float32"          # of the LSTM state: float32, or bfloat16 / float16 (half the bytes)
 
     @property
     def n_coords(self) -> int:
@@ -31,7 +35,7 @@ class SessionInfo:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.state_shape) * 4
+        return math.prod(self.state_shape) * STATE_DTYPES[self.state_dtype].itemsize
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -52,7 +56,7 @@ class SessionRecord:
     """A session as stored. Never mutated: a step makes a new record with a new state tensor."""
 
     info: SessionInfo
-    hc: torch.Tensor                      # float32, info.state_shape
+    hc: torch.Tensor                      # info.state_dtype, info.state_shape
     answer: bytes | None = None           # the bytes sent for step info.step - 1, replayed on a retry
     answer_type: str | None = None        # their Content-Type
 
@@ -61,14 +65,17 @@ class SessionRecord:
         return self.info.id
 
 
-def state_from_bytes(data: bytes | bytearray, shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 state tensor from its raw little-endian bytes (copied into memory torch owns)."""
-    if len(data) != math.prod(shape) * 4:
-        raise ValueError(f"stored state has {len(data)} bytes, shape {shape} needs {math.prod(shape) * 4}")
+def state_from_bytes(data: bytes | bytearray, shape: tuple[int, ...], dtype: str = "float32") -> torch.Tensor:
+    """A state tensor from its raw little-endian bytes (copied into memory torch owns)."""
+    torch_dtype = STATE_DTYPES[dtype]
+    if len(data) != math.prod(shape) * torch_dtype.itemsize:
+        raise ValueError(f"stored state has {len(data)} bytes, shape {shape} of {dtype} needs "
+                         f"{math.prod(shape) * torch_dtype.itemsize}")
     if not data:
-        return torch.zeros(shape, dtype=torch.float32)
-    return torch.frombuffer(bytearray(data), dtype=torch.float32).view(shape)
+        return torch.zeros(shape, dtype=torch_dtype)
+    return torch.frombuffer(bytearray(data), dtype=torch_dtype).view(shape)
 
 
 def state_to_bytes(hc: torch.Tensor) -> bytes:
-    return hc.detach().to(torch.float32).contiguous().cpu().view(torch.uint8).numpy().tobytes()
+    """The state's raw bytes, in its own dtype."""
+    return hc.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()

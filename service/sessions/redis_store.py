@@ -137,8 +137,12 @@ class RedisStore(SessionStore):
             return None
         info = _info(h[b"info"], h[b"step"], h[b"last_used"])
         answer_type = h[b"answer_type"].decode() or None
-        return SessionRecord(info, state_from_bytes(h[b"hc"], info.state_shape),
+        return SessionRecord(info, state_from_bytes(h[b"hc"], info.state_shape, info.state_dtype),
                              h[b"answer"] if answer_type else None, answer_type)
+
+    def step_buffer(self, record: SessionRecord) -> torch.Tensor:
+        # `get` decodes a private copy of the state for each caller: the step may overwrite it in place.
+        return record.hc
 
     def info(self, session_id: str) -> SessionInfo | None:
         raw, step, used = self.client.hmget(self._key("s", session_id), INFO_FIELDS)

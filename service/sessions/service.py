@@ -1,6 +1,7 @@
 """The step service: sessions that pin an optimizer version and hold its LSTM state between HTTP calls.
 
-    step:  api/sessions.py -> SessionService.step -> lopt.step (preprocess -> LSTM -> update) -> store.commit_step
+    step:  api/sessions.py -> SessionService.step -> StepBatcher -> _step_many: _prepare (checks) ->
+           kernel.step_inference_many (one LSTM call per optimizer version) -> _finish: store.commit_step
 
 A step request carries the number of steps the session has applied so far, which makes it safe to retry:
 
@@ -9,8 +10,10 @@ A step request carries the number of steps the session has applied so far, which
     anything else               409 step_conflict, naming the step expected
 
 Steps on one session run one at a time, in arrival order (an asyncio lock per session); steps on
-different sessions run concurrently. Store calls and torch work run on worker threads, never on the
-event loop. Every check runs before anything is written, so a refused request leaves the session as it was.
+different sessions run concurrently, and those that arrive while the LSTM is busy are batched into
+one call (batcher.py; off with batching=False, then each runs `_step`). Store calls and torch work run
+on worker threads, never on the event loop. Every check runs before anything is written, so a refused
+request leaves the session as it was.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from service.errors import (
     StepConflict,
     ValidationError,
 )
-from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig
+from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig, kernel
+from service.lopt.tensors import all_finite
 from service.sessions import wire
-from service.sessions.record import SessionInfo, SessionRecord
+from service.sessions.batcher import StepBatcher
+from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord
 from service.sessions.store import SessionStore
 from service.sessions.versions import VersionRef, VersionSource
 from service.sessions.wire import StepMessage, WireFormat
@@ -76,9 +81,31 @@ class Answer:
     content_type: str
 
 
+@dataclass(frozen=True)
+class StepRequest:
+    owner: str
+    session_id: str
+    body: bytes | bytearray
+    fmt: WireFormat
+
+
+@dataclass(frozen=True)
+class PendingStep:
+    """A checked step request, ready for the LSTM: where its results go, and what commits them."""
+
+    record: SessionRecord
+    fmt: WireFormat
+    now: float
+    config: OptimizerConfig
+    weights: dict[str, torch.Tensor]
+    grads: torch.Tensor
+    out_state: torch.Tensor
+    updates: torch.Tensor
+
+
 class SessionService:
     def __init__(self, store: SessionStore, versions: VersionSource, limits: SessionLimits = SessionLimits(), *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, batching: bool = True) -> None:
         self.store = store
         self.versions = versions
         self.limits = limits
@@ -86,17 +113,23 @@ class SessionService:
         self._weights: dict[str, tuple[OptimizerConfig, dict[str, torch.Tensor]]] = {}  # by digest
         self._weights_lock = threading.Lock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Steps of different sessions that arrive together run as one LSTM call (bit-identical to
+        # running them one by one); off, each step is its own call.
+        self.batcher = StepBatcher(self._step_many) if batching else None
 
     # --- sessions ------------------------------------------------------------------------------------------
 
     async def create(self, owner: str, reference: str | None, shapes: Mapping[str, Sequence[int]] | None,
-                     resume_state: bytes | bytearray | None = None) -> SessionInfo:
-        """A new session on the version `reference` resolves to, for parameters of these shapes.
+                     resume_state: bytes | bytearray | None = None, state_dtype: str | None = None) -> SessionInfo:
+        """A new session on the version `reference` resolves to, for parameters of these shapes, its LSTM
+        state kept in `state_dtype` (float32 by default; bfloat16 or float16 halve the bytes held).
 
         With `resume_state` (bytes from export_state) the session continues that state and step count;
-        `reference` and `shapes` then default to the state's own and, when given, must agree with it.
+        `reference`, `shapes` and `state_dtype` then default to the state's own and, when given, must
+        agree with it.
         """
-        return await anyio.to_thread.run_sync(self._create, str(owner), reference, shapes, resume_state)
+        return await anyio.to_thread.run_sync(self._create, str(owner), reference, shapes, resume_state,
+                                              state_dtype)
 
     async def get(self, owner: str, session_id: str) -> SessionInfo:
         return await anyio.to_thread.run_sync(self._live_info, str(owner), session_id)
@@ -116,6 +149,8 @@ class SessionService:
     async def step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
         # The lock is taken before anything is awaited, so steps queue in the order they arrived.
         async with self._lock(session_id):
+            if self.batcher is not None:
+                return await self.batcher.submit(StepRequest(str(owner), session_id, body, fmt))
             return await anyio.to_thread.run_sync(self._step, str(owner), session_id, body, fmt)
 
     def is_version_in_use(self, version_id: int | str) -> bool:
@@ -146,7 +181,9 @@ class SessionService:
     # --- the work, on worker threads --------------------------------------------------------------------------
 
     def _create(self, owner: str, reference: str | None, shapes: Mapping[str, Sequence[int]] | None,
-                resume_state: bytes | bytearray | None) -> SessionInfo:
+                resume_state: bytes | bytearray | None, state_dtype: str | None = None) -> SessionInfo:
+        if state_dtype is not None and state_dtype not in STATE_DTYPES:
+            raise ValidationError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
         given = check_shapes(shapes) if shapes is not None else None
         state = read_state(resume_state) if resume_state is not None else None
         if state is None and (reference is None or given is None):
@@ -162,15 +199,15 @@ class SessionService:
         version = self.versions.resolve(reference)
         config, _ = self._load_weights(version.id, version.digest)
         if state is None:
-            step, hc = 0, lopt.init(config, n_coords).hc
+            step, hc = 0, lopt.init(config, n_coords, dtype=STATE_DTYPES[state_dtype or "float32"]).hc
         else:
-            check_resume(state, version, reference, config, given)
+            check_resume(state, version, reference, config, given, state_dtype)
             step, hc = state.step, state.hc.clone()
         now = self.clock()
         info = SessionInfo(
             id="s_" + secrets.token_urlsafe(24), owner=owner, optimizer=version.name, version=version.version,
             version_id=version.id, digest=version.digest, shapes=shapes_, state_shape=tuple(hc.shape), step=step,
-            created_at=now, last_used_at=now)
+            created_at=now, last_used_at=now, state_dtype=dtype_name(hc.dtype))
         self.purge_idle()  # sessions past their idle time must not count against the limits
         self.store.add(SessionRecord(info, hc), max_per_owner=self.limits.max_sessions_per_key,
                        max_total_bytes=self.limits.max_state_bytes)
@@ -198,6 +235,43 @@ class SessionService:
         return wire.write_safetensors({"hc": record.hc}, meta)
 
     def _step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
+        work = self._prepare(owner, session_id, body, fmt)
+        if isinstance(work, Answer):
+            return work
+        kernel.step_inference_(work.config, work.weights, work.grads, LSTMState(work.record.hc),
+                                    out_state=work.out_state, out_updates=work.updates)
+        return self._finish(work)
+
+    def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | L2OError]:
+        """Steps of different sessions as one LSTM call per optimizer version (the batcher's work). Each
+        request's answer is what `_step` alone gives it, bit for bit; one request's error (an L2OError,
+        returned in its place) leaves the others untouched."""
+        results: list[Answer | L2OError | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, PendingStep]]] = {}
+        for i, r in enumerate(requests):
+            try:
+                work = self._prepare(r.owner, r.session_id, r.body, r.fmt)
+            except L2OError as exc:
+                results[i] = exc
+                continue
+            if isinstance(work, Answer):
+                results[i] = work
+            else:
+                groups.setdefault(work.record.info.digest, []).append((i, work))
+        for group in groups.values():
+            config, weights = group[0][1].config, group[0][1].weights
+            kernel.step_inference_many(config, weights, [
+                kernel.Segment(w.grads, LSTMState(w.record.hc), w.out_state, w.updates) for _, w in group])
+            for i, work in group:
+                try:
+                    results[i] = self._finish(work)
+                except L2OError as exc:
+                    results[i] = exc
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _prepare(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> PendingStep | Answer:
+        """Every check of a step request, before anything is computed or written: the work to do, or
+        the answer itself when the request is a retry of the last step."""
         message = wire.decode(body, fmt)
         now = self.clock()
         record = self._live_record(owner, session_id, now)
@@ -208,17 +282,22 @@ class SessionService:
         if message.step == count - 1:
             return self._replay(record, fmt)
         config, weights = self._load_weights(record.info.version_id, record.info.digest)
-        with torch.no_grad():
-            updates, state = lopt.step(config, weights, flat, LSTMState(record.hc))
-        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates)), fmt)
-        if self.store.commit_step(session_id, expected_step=count, hc=state.hc, answer=body,
-                                  answer_type=fmt.content_type, used_at=now):
+        # The new state goes into a buffer the store keeps for this session: the old state stays
+        # intact until the commit, and no step pays for fresh memory.
+        return PendingStep(record, fmt, now, config, weights, flat, self.store.step_buffer(record),
+                           torch.empty(flat.shape[0], dtype=torch.float32))
+
+    def _finish(self, work: PendingStep) -> Answer:
+        record, fmt, count = work.record, work.fmt, work.record.info.step
+        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, work.updates)), fmt)
+        if self.store.commit_step(record.id, expected_step=count, hc=work.out_state, answer=body,
+                                  answer_type=fmt.content_type, used_at=work.now):
             return Answer(body, fmt.content_type)
         # Another API process applied this step first: answer as if this request had come after it.
-        record = self._live_record(owner, session_id, now)
-        if record.info.step == count + 1:
-            return self._replay(record, fmt)
-        raise step_conflict(message.step, record.info.step)
+        current = self._live_record(record.info.owner, record.id, work.now)
+        if current.info.step == count + 1:
+            return self._replay(current, fmt)
+        raise step_conflict(count, current.info.step)
 
     def _replay(self, record: SessionRecord, fmt: WireFormat) -> Answer:
         count = record.info.step
@@ -354,7 +433,7 @@ def flatten_grads(shapes: Mapping[str, tuple[int, ...]], grads: Mapping[str, tor
         # float32 is what lopt.step computes in; a finite float64 can still overflow it.
         parts.append(g.reshape(-1).to(torch.float32))
     for name, part in zip(shapes, parts, strict=True):
-        if not bool(torch.isfinite(part).all()):
+        if not all_finite(part):
             raise InvalidGradients(f"the gradient of {name!r} has NaN or infinite values (as float32)",
                                    detail={"name": name})
     return torch.cat(parts)
@@ -379,7 +458,8 @@ class ExportedState:
 
 def read_state(body: bytes | bytearray) -> ExportedState:
     """Parse a state from GET /v1/sessions/{id}/state, refusing anything it does not describe exactly."""
-    meta, tensors = wire.read_safetensors(body, dtypes={"F32": torch.float32})
+    meta, tensors = wire.read_safetensors(body, dtypes={"F32": torch.float32, "BF16": torch.bfloat16,
+                                                        "F16": torch.float16})
     if meta.get("format") != STATE_FORMAT:
         raise MalformedBody(f"not a session state: metadata format is {meta.get('format')!r}, "
                             f"expected {STATE_FORMAT!r}")
@@ -396,14 +476,21 @@ def read_state(body: bytes | bytearray) -> ExportedState:
     except (ValueError, TypeError, RecursionError) as exc:
         raise MalformedBody(f"the state's metadata shapes must be a JSON list of [name, shape]: {exc}") from exc
     hc = tensors["hc"]
-    if not bool(torch.isfinite(hc).all()):
+    if not all_finite(hc):
         raise ValidationError("the state holds NaN or infinite values", code="invalid_state")
     return ExportedState(meta["optimizer"], int(meta["version"]), meta["digest"],
                          wire.parse_step(meta.get("step"), "the state's metadata"), shapes, hc)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in STATE_DTYPES.items() if d == dtype)
+
+
 def check_resume(state: ExportedState, version: VersionRef, reference: str, config: OptimizerConfig,
-                 shapes: dict[str, tuple[int, ...]] | None) -> None:
+                 shapes: dict[str, tuple[int, ...]] | None, state_dtype: str | None = None) -> None:
+    if state_dtype is not None and STATE_DTYPES[state_dtype] != state.hc.dtype:
+        raise StateMismatch(f"the state is kept in {dtype_name(state.hc.dtype)}, not {state_dtype}: a resumed "
+                            "session keeps its state's dtype", detail={"state_dtype": dtype_name(state.hc.dtype)})
     if version.digest != state.digest:
         raise StateMismatch(
             f"the state was made by {state.optimizer}:{state.version} (sha256 {state.digest[:12]}...), but "

@@ -52,6 +52,11 @@ class SessionStore(ABC):
         process applied that step first).
         """
 
+    def step_buffer(self, record: SessionRecord) -> torch.Tensor:
+        """Where a step may write the state that follows `record`'s: a tensor of the state's shape and
+        dtype that nobody reads until `commit_step` stores it. This default allocates one."""
+        return torch.empty_like(record.hc)
+
     @abstractmethod
     def delete(self, session_id: str) -> bool: ...
 

@@ -10,6 +10,7 @@ import pytest
 from service.sessions.memory_store import MemoryStore
 from service.sessions.redis_store import RedisStore
 from service.sessions.store import SessionStore
+from tests.conftest import checkpoint_bytes
 
 REDIS_URL = os.environ.get("L2O_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -67,3 +68,18 @@ def settings(request, tmp_path):
              }[request.param]
     return Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{db}", pretrained_dir=tmp_path / "pretrained",
                     step_max_body_bytes=100_000, **store)
+
+
+@pytest.fixture
+def ckpt_bytes():
+    return checkpoint_bytes(seed=3)
+
+
+@pytest.fixture
+def headers(client, admin_headers, make_key, ckpt_bytes):
+    """A key with the optimize scope, after `opt` version 1 (alias @prod) is registered."""
+    r = client.post("/v1/optimizers/opt/versions", content=ckpt_bytes,
+                    headers={**admin_headers, "Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    assert client.put("/v1/optimizers/opt/aliases/prod", json={"version": 1}, headers=admin_headers).status_code == 200
+    return {"Authorization": f"Bearer {make_key('optimize')}"}

@@ -14,27 +14,11 @@ from service.app import create_app
 from service.lopt import Checkpoint
 from service.sessions import wire
 from service.sessions.wire import StepMessage, WireFormat
-from tests.conftest import checkpoint_bytes
 from tests.sessions.fakes import FakeClock
 
 SHAPES = {"layer.weight": [3, 2], "layer.bias": [3]}
 N = 9
 ST_HEADERS = {"Content-Type": wire.SAFETENSORS_TYPE}
-
-
-@pytest.fixture
-def ckpt_bytes():
-    return checkpoint_bytes(seed=3)
-
-
-@pytest.fixture
-def headers(client, admin_headers, make_key, ckpt_bytes):
-    """A key with the optimize scope, after `opt` version 1 (alias @prod) is registered."""
-    r = client.post("/v1/optimizers/opt/versions", content=ckpt_bytes,
-                    headers={**admin_headers, "Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    assert client.put("/v1/optimizers/opt/aliases/prod", json={"version": 1}, headers=admin_headers).status_code == 200
-    return {"Authorization": f"Bearer {make_key('optimize')}"}
 
 
 def grads(seed: int) -> dict[str, torch.Tensor]:
