@@ -63,7 +63,8 @@ def start_registry(settings: Settings, db: Database) -> None:
         bootstrap.register_pretrained(db, settings.pretrained_dir)
 
 
-ROUTERS = [health.router, optimizers.router, keys.router, sessions.router, jobs.router, dashboard.router]
+# Sessions first: routes are matched in order, and a step is the request whose latency users feel.
+ROUTERS = [sessions.router, health.router, optimizers.router, keys.router, jobs.router, dashboard.router]
 COMPONENTS: list[Component] = [registry_component, rate_limit_component, sessions.sessions_component,
                                jobs.jobs_component]
 

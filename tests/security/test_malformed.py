@@ -143,8 +143,8 @@ def test_malformed_states_are_refused_and_open_no_session(client, session_id, op
         return raw({**header, "hc": {**header["hc"], **change}}, data)
 
     states = {**MALFORMED,
-              "state tensor of the wrong dtype": (with_hc(dtype="F16"), 422, "invalid_gradients",
-                                                  "the dtype 'F16'; accepted: F32"),
+              "state tensor of the wrong dtype": (with_hc(dtype="I32"), 422, "invalid_gradients",
+                                                  "non-float dtype 'I32'; accepted: F32, BF16, F16"),
               "state tensor of the wrong shape": (with_hc(shape=[1, 1, 1, len(data) // 4]), 409, "state_mismatch",
                                                   "shape"),
               "shapes metadata nested too deep": (raw({**header, "__metadata__": {**header["__metadata__"],
