@@ -13,6 +13,7 @@ from service.cli.options import add_family_options, parse_params
 from service.cli.progress import ProgressBar
 from service.lopt import OptimizerConfig
 from service.metatrain import MetaTrainSettings, evaluate, meta_train
+from service.metatrain.settings import META_LR_SCHEDULES
 from service.tasks import make_family
 
 
@@ -20,9 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a learned optimizer", description=__doc__)
     add_family_options(p)
     defaults = MetaTrainSettings()
+    choices = {"meta_lr_schedule": META_LR_SCHEDULES}
     for f in dataclasses.fields(MetaTrainSettings):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name))
+                       default=getattr(defaults, f.name), choices=choices.get(f.name))
     p.add_argument("--hidden-size", type=int, default=20)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--preprocess", choices=["log_sign", "none"], default="log_sign")

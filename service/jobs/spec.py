@@ -21,6 +21,7 @@ from service.errors import InvalidName
 from service.lopt import OptimizerConfig
 from service.metatrain import BASELINES, MetaTrainSettings
 from service.metatrain.baselines import LR_GRID
+from service.metatrain.settings import META_LR_SCHEDULES
 from service.registry.names import check_name
 from service.tasks import FAMILIES, TaskFamily, make_family
 
@@ -90,6 +91,8 @@ class TrainingSpec(_Strict):
     horizon: int = Field(default=_TRAIN.horizon, ge=1, le=100_000)
     unroll: int = Field(default=_TRAIN.unroll, ge=1, le=100_000)
     meta_lr: float = Field(default=_TRAIN.meta_lr, gt=0, lt=1)
+    meta_lr_schedule: Literal[META_LR_SCHEDULES] = Field(  # type: ignore[valid-type]
+        default=_TRAIN.meta_lr_schedule, description="constant, or cosine: decays meta_lr to 0 over the iterations")
     instances: int = Field(default=_TRAIN.instances, ge=1, le=65_536)
     seed: int = Field(default=_TRAIN.seed, ge=0, le=2**31 - 1)
     grad_clip: float = Field(default=_TRAIN.grad_clip, gt=0)

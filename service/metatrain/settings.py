@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+META_LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -12,6 +15,9 @@ class MetaTrainSettings:
     horizon: int = 100
     unroll: int = 20
     meta_lr: float = 1e-3
+    # "constant", or "cosine": the meta learning rate falls from meta_lr to 0 along a half cosine over the
+    # iterations, so the last iterations fine-tune instead of jumping around the basin they found.
+    meta_lr_schedule: str = "constant"
     instances: int = 32  # optimizee instances trained on at once
     seed: int = 0
     grad_clip: float = 1.0
@@ -27,6 +33,8 @@ class MetaTrainSettings:
             (1 <= self.unroll <= self.horizon, "unroll must be in 1..horizon"),
             (self.horizon % self.unroll == 0, "horizon must be a multiple of unroll"),
             (0 < self.meta_lr < 1, "meta_lr must be in (0, 1)"),
+            (self.meta_lr_schedule in META_LR_SCHEDULES,
+             f"meta_lr_schedule must be one of {', '.join(META_LR_SCHEDULES)}"),
             (1 <= self.instances <= 65_536, "instances must be in 1..65536"),
             (self.grad_clip > 0, "grad_clip must be positive"),
             (1 <= self.eval_every, "eval_every must be >= 1"),
@@ -36,6 +44,13 @@ class MetaTrainSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def meta_lr_at(self, iteration: int) -> float:
+        """The meta learning rate for 0-based `iteration` (a function of the iteration alone, so a resumed
+        run follows the same schedule)."""
+        if self.meta_lr_schedule == "cosine":
+            return self.meta_lr * 0.5 * (1.0 + math.cos(math.pi * iteration / self.iterations))
+        return self.meta_lr
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -83,6 +83,8 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
             raise MetaTrainingStopped(f"stopped before iteration {it + 1}")
         # Each iteration draws fresh instances from a seed of its own, so a resumed run sees the same ones.
         batch = family.sample(settings.instances, settings.seed * 1_000_033 + it, "train", device=device)
+        for group in meta_opt.param_groups:
+            group["lr"] = settings.meta_lr_at(it)
         theta = batch.init_params()
         traj = Trajectory(theta, init(config, theta.numel(), device=device), 0)
         total = 0.0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from service.lopt import LSTMState, OptimizerConfig
-from service.lopt.functional import step_autograd
+from service.lopt.fused import from_columns, step_columns, to_columns
 from service.tasks.base import TaskBatch
 
 
@@ -42,17 +42,19 @@ def optimizee_gradient(batch: TaskBatch, theta: torch.Tensor, step: int) -> tupl
 def run_unroll(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch,
                traj: Trajectory, unroll: int) -> tuple[torch.Tensor, Trajectory]:
     """Advance `traj` by `unroll` steps; returns (meta-loss, new trajectory) with the graph kept."""
-    theta, state = traj.theta, traj.state
+    theta = traj.theta
     if not theta.requires_grad:
         theta = theta.detach().requires_grad_()
     b, d = theta.shape
+    # The state travels through the unroll with coordinates along its contiguous axis (see lopt.fused).
+    hc = to_columns(traj.state)
     meta_loss = theta.new_zeros(())
     for t in range(unroll):
         loss, grad = optimizee_gradient(batch, theta, traj.step + t)
         if t > 0:
             meta_loss = meta_loss + loss.mean()
-        updates, state = step_autograd(config, weights, grad.reshape(-1), state)
+        updates, hc = step_columns(config, weights, grad.reshape(-1), hc)
         theta = theta + updates.view(b, d)
     final = batch.loss(theta, traj.step + unroll)
     meta_loss = meta_loss + final.mean()
-    return meta_loss, Trajectory(theta, state, traj.step + unroll)
+    return meta_loss, Trajectory(theta, from_columns(hc, traj.state.hc.dtype), traj.step + unroll)

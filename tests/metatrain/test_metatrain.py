@@ -109,3 +109,23 @@ def test_baselines_tune_on_training_instances_only():
     others = [tune("adam", make_family("quadratic"), steps=20, n_instances=4, seed=0, grid=(lr,)).score
               for lr in (1e-3, 1e-1, 1.0)]
     assert tuned.score == min(others)
+
+
+def test_cosine_meta_lr_schedule_decays_from_meta_lr_and_resumes_on_schedule():
+    constant = MetaTrainSettings(**TINY)
+    assert [constant.meta_lr_at(i) for i in range(6)] == [TINY["meta_lr"]] * 6
+    cosine = MetaTrainSettings(**{**TINY, "iterations": 10, "meta_lr_schedule": "cosine"})
+    rates = [cosine.meta_lr_at(i) for i in range(10)]
+    assert rates[0] == cosine.meta_lr and rates[5] == pytest.approx(cosine.meta_lr / 2)
+    assert all(a > b > 0 for a, b in zip(rates, rates[1:], strict=False))
+    assert cosine.to_dict()["meta_lr_schedule"] == "cosine"
+    with pytest.raises(ValueError, match="meta_lr_schedule"):
+        MetaTrainSettings(meta_lr_schedule="linear")
+    # the schedule changes training, and a resumed run follows it from the iteration it stopped at
+    family, config = make_family("quadratic"), OptimizerConfig()
+    cosine = MetaTrainSettings(**{**TINY, "resume_every": 3, "meta_lr_schedule": "cosine"})
+    full = meta_train(family, config, cosine)
+    assert full.checkpoint.digest != meta_train(family, config, MetaTrainSettings(**TINY)).checkpoint.digest
+    saved = []
+    meta_train(family, config, cosine, on_resume_checkpoint=saved.append)
+    assert meta_train(family, config, cosine, resume=saved[0]).checkpoint.digest == full.checkpoint.digest
