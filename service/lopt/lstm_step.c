@@ -442,11 +442,3 @@ int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, con
     if (first_unit != small_units) free(first_unit);
     return 0;
 }
-
-/* One segment: the single-session step. */
-void l2o_step(int64_t n, const float *grads, const void *state_in, void *state_out, float *updates, int dtype,
-              const float *weights, const float *head, float threshold, float exp_p, float p, float scale,
-              int threads) {
-    void *ptrs[4] = {(void *)grads, (void *)state_in, state_out, updates};
-    l2o_step_many(1, &n, ptrs, dtype, weights, head, threshold, exp_p, p, scale, threads);
-}

@@ -130,12 +130,6 @@ class NativeKernel:
         self.arch = arch
         self.lib = ctypes.CDLL(str(path))
         self.lib.l2o_lanes.restype = ctypes.c_int
-        fn = self.lib.l2o_step
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                       ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_float,
-                       ctypes.c_float, ctypes.c_float, ctypes.c_int]
-        self.fn = fn
         many = self.lib.l2o_step_many
         many.restype = ctypes.c_int
         many.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
@@ -183,11 +177,7 @@ class NativeKernel:
     def run(self, config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
             hc_in: torch.Tensor, hc_out: torch.Tensor, updates: torch.Tensor, threads: int) -> None:
         """grads: float32 (N,) contiguous; hc_in, hc_out: contiguous, same dtype (may be one tensor)."""
-        packed, head = self.pack(weights)
-        p = float(config.preprocess_p)
-        self.fn(grads.shape[0], grads.data_ptr(), hc_in.data_ptr(), hc_out.data_ptr(), updates.data_ptr(),
-                DTYPE_CODES[hc_in.dtype], packed.data_ptr(), head.data_ptr(), math.exp(-p), math.exp(p), p,
-                float(config.output_scale), max(1, threads))
+        self.run_many(config, weights, [(grads, hc_in, hc_out, updates)], threads)
 
 
     def run_many(self, config: OptimizerConfig, weights: dict[str, torch.Tensor],
