@@ -25,6 +25,7 @@ from service.lopt import Checkpoint, CoordinatewiseLSTM, OptimizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIMIZER = "bench-lstm"
+READY_TIMEOUT_S = 300   # a first start on a GPU compiles the step (torch.compile) before it is ready
 
 
 class Server:
@@ -48,7 +49,7 @@ class Server:
         began = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-c", command], cwd=REPO, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"l2o serve exited: {(workdir / 'serve.log').read_text()}")
@@ -59,7 +60,7 @@ class Server:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit("l2o serve did not become ready in 90 s")
+                raise SystemExit(f"l2o serve did not become ready in {READY_TIMEOUT_S} s")
             time.sleep(0.05)
         self.ready_s = time.perf_counter() - began   # process start to the first ready answer
         self.admin_key = (workdir / "data" / "admin.key").read_text().strip()

@@ -1,4 +1,4 @@
-"""Step speed: `python -m bench.step [--quick] [--json PATH] [--sizes N ...] [--threads N] [--no-remote]`.
+"""Step speed: `python -m bench.step [--quick] [--json PATH] [--sizes N ...] [--threads N] [--no-remote] [--device D]`.
 
 For each size it times, in one run and round-robin (so that load from other processes falls on every
 contender alike), the nn.LSTMCell reference (straightforward, and in cache-sized chunks), our
@@ -13,6 +13,11 @@ the same threads. From those, a step's floor per coordinate is
 (about 10,000 flops and 320 bytes for the default 2 x 20 LSTM; the copy reads and writes the state
 once, as a step must). Times are medians, in nanoseconds per coordinate; a measurement whose samples
 spread too much is re-measured.
+
+With `--device cuda` everything runs on the GPU instead (sizes 100,000 to 10,000,000 by default): the
+reference and our step (compiled, see service/lopt/pointwise.py) on the device, the limits from the
+device's float32 matrix product and copy, and `l2o serve` with L2O_STEP_DEVICE=cuda. Rows that only
+mean something on the CPU (the one-thread and chunked references) are left out there.
 
 Per run it also measures start-up (the kernel's warm-up in a fresh process, cold and cached, and
 `l2o serve` from process start to ready) and cross-session batching: 64 concurrent sessions of 1,000
@@ -52,6 +57,7 @@ from client import AsyncClient, Client
 from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
 
 SIZES = (10_000, 100_000, 1_000_000)
+GPU_SIZES = (100_000, 1_000_000, 10_000_000)
 JSON_MAX_COORDS = 100_000
 BATCH_SESSIONS, BATCH_COORDS = 64, 1_000
 BATCH_STEPS, BATCH_STEPS_QUICK = 40, 10
@@ -68,6 +74,8 @@ class Bench:
     repeats: int
     quick: bool
     no_remote: bool = False
+    device: torch.device = torch.device("cpu")
+    sizes: tuple[int, ...] = SIZES
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     shared: dict[str, Any] = field(default_factory=dict)
     _inputs: dict[tuple[int, torch.dtype], tuple[torch.Tensor, LSTMState]] = field(default_factory=dict)
@@ -84,13 +92,17 @@ class Bench:
             gen = torch.Generator().manual_seed(n)
             grads = torch.randn(n, generator=gen) * 10 ** (torch.rand(n, generator=gen) * 8 - 6)
             hc = torch.randn((n, self.config.num_layers, 2, self.config.hidden_size), generator=gen) * 0.5
-            self._inputs[(n, dtype)] = (grads, LSTMState(hc.to(dtype)))
+            self._inputs[(n, dtype)] = (grads.to(self.device), LSTMState(hc.to(dtype).to(self.device)))
         return self._inputs[(n, dtype)]
 
     def reference(self) -> ReferenceLSTM:
         if "reference" not in self.shared:
-            self.shared["reference"] = ReferenceLSTM(self.config, self.weights)
+            self.shared["reference"] = ReferenceLSTM(self.config, self.weights).to(self.device)
         return self.shared["reference"]
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
 
 
 # --- per-size measurements: each returns the call to time, or None when it does not apply ---
@@ -100,9 +112,11 @@ def reference_ns(bench: Bench, n: int) -> Callable[[], object]:
     return lambda: bench.reference().step(grads, state.hc)
 
 
-def reference_1thread_ns(bench: Bench, n: int) -> Callable[[], object]:
+def reference_1thread_ns(bench: Bench, n: int) -> Callable[[], object] | None:
     """The reference on one thread: torch's threads wait at every operation's barrier, which makes
     the two-thread reference collapse when other processes hold the cores; one thread does not."""
+    if bench.on_gpu:
+        return None
     grads, state = bench.inputs(n)
 
     def call() -> object:
@@ -115,7 +129,9 @@ def reference_1thread_ns(bench: Bench, n: int) -> Callable[[], object]:
     return call
 
 
-def reference_chunked_ns(bench: Bench, n: int) -> Callable[[], object]:
+def reference_chunked_ns(bench: Bench, n: int) -> Callable[[], object] | None:
+    if bench.on_gpu:   # chunks the size of a CPU cache only add kernel launches on a GPU
+        return None
     grads, state = bench.inputs(n)
     return lambda: bench.reference().step(grads, state.hc, chunk=REFERENCE_CHUNK)
 
@@ -140,7 +156,7 @@ def step_bf16_ns(bench: Bench, n: int) -> Callable[[], object]:
 def _double_buffered(bench: Bench, n: int, dtype: torch.dtype) -> Callable[[], object]:
     grads, state = bench.inputs(n, dtype)
     buffers = [state.hc.clone(), torch.empty_like(state.hc)]
-    updates = torch.empty(n)
+    updates = torch.empty(n, device=bench.device)
 
     def call() -> None:
         kernel.step_inference_(bench.config, bench.weights, grads, LSTMState(buffers[0]),
@@ -165,7 +181,7 @@ def _remote_step(bench: Bench, n: int, wire: str) -> Callable[[], object] | None
         return None
     client = remote_client(bench)
     session = client.sessions.create(OPTIMIZER, {"w": [n]})
-    grads = {"w": bench.inputs(n)[0].numpy()}
+    grads = {"w": bench.inputs(n)[0].cpu().numpy()}
     count = [0]
 
     def call() -> None:
@@ -177,11 +193,19 @@ def remote_client(bench: Bench) -> Client:
     """One `l2o serve` (batching on, as shipped) and one SDK client for the whole run."""
     if "client" not in bench.shared:
         workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="l2o-bench-step-")))
-        server = bench.stack.enter_context(Server(workdir, env={"L2O_SESSION_MAX_PER_KEY": "1000"}))
+        server = bench.stack.enter_context(Server(workdir, env=server_env(bench)))
         bench.shared["server_ready_s"] = server.ready_s
         bench.shared["client"] = bench.stack.enter_context(Client(server.url, api_key=server.admin_key,
                                                                   timeout=600))
     return bench.shared["client"]
+
+
+def server_env(bench: Bench, **more: str) -> dict[str, str]:
+    """`l2o serve` settings for the bench: its device, and room for the largest size measured."""
+    most = max(bench.sizes)
+    return {"L2O_SESSION_MAX_PER_KEY": "1000", "L2O_STEP_DEVICE": str(bench.device),
+            "L2O_SESSION_MAX_COORDS": str(max(most, 1_000_000)),
+            "L2O_SESSION_MAX_STATE_BYTES": str(max(8 * state_nbytes(bench.config, most), 2 * 1024**3)), **more}
 
 
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
@@ -196,13 +220,13 @@ SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
 def limit(bench: Bench) -> dict[str, float]:
     """The machine's float32 matrix-product GFLOP/s and large-copy GB/s (bytes copied per second: each
     is read once and written once), on torch's current threads."""
-    size = 1024 if bench.quick else 2048
-    x, y, out = torch.randn(size, size), torch.randn(size, size), torch.empty(size, size)
-    mm = median_seconds(lambda: torch.mm(x, y, out=out), bench.repeats)
-    nbytes = (128 if bench.quick else 512) << 20   # beyond the last-level cache
-    src = torch.ones(nbytes // 4)
+    size = (1024 if bench.quick else 2048) * (4 if bench.on_gpu else 1)
+    x, y, out = (torch.randn(size, size, device=bench.device) for _ in range(3))
+    mm = median_seconds(lambda: torch.mm(x, y, out=out), bench.repeats, bench.device)
+    nbytes = (128 if bench.quick else 512) << (23 if bench.on_gpu else 20)   # beyond the last-level cache
+    src = torch.ones(nbytes // 4, device=bench.device)
     dst = torch.zeros_like(src)
-    copy = median_seconds(lambda: dst.copy_(src), bench.repeats)
+    copy = median_seconds(lambda: dst.copy_(src), bench.repeats, bench.device)
     return {"matmul_gflops": 2 * size**3 / mm / 1e9, "copy_gbs": nbytes / copy / 1e9}
 
 
@@ -215,18 +239,21 @@ def startup_s(bench: Bench) -> float:
     """kernel.warmup in a fresh process with an empty kernel cache: what a first start costs."""
     cache = bench.stack.enter_context(tempfile.TemporaryDirectory())
     bench.shared["kernel_cache"] = cache
-    return _warmup_in_subprocess(cache)
+    return _warmup_in_subprocess(cache, bench.device)
 
 
 def startup_cached_s(bench: Bench) -> float:
     """The same once the kernel is cached on disk: what every later start costs."""
-    return _warmup_in_subprocess(bench.shared["kernel_cache"])
+    return _warmup_in_subprocess(bench.shared["kernel_cache"], bench.device)
 
 
-def _warmup_in_subprocess(cache: str) -> float:
+def _warmup_in_subprocess(cache: str, device: torch.device) -> float:
     code = ("from service.lopt import OptimizerConfig; from service.lopt.kernel import warmup; "
-            "print(warmup(OptimizerConfig()))")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "L2O_KERNEL_CACHE": cache},
+            f"print(warmup(OptimizerConfig(), {str(device)!r}))")
+    # The native kernel's cache, and torch.compile's (a GPU's compiled step), both start empty.
+    env = {**os.environ, "L2O_KERNEL_CACHE": cache, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache) / "inductor"),
+           "TRITON_CACHE_DIR": str(Path(cache) / "triton")}
+    done = subprocess.run([sys.executable, "-c", code], env=env,
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
 
@@ -239,7 +266,7 @@ def batching(bench: Bench) -> dict[str, Any]:
     for _ in range(BATCH_RUNS_QUICK if bench.quick else BATCH_RUNS):
         for mode in ("off", "on"):
             runs[mode].append(asyncio.run(_batching_run(mode == "on", BATCH_STEPS_QUICK if bench.quick
-                                                        else BATCH_STEPS)))
+                                                        else BATCH_STEPS, bench.device)))
     return _batching_summary(runs)
 
 
@@ -253,21 +280,22 @@ def batching_http(bench: Bench) -> dict[str, Any] | None:
     runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for mode in ("off", "on"):
         workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix=f"l2o-bench-batch-{mode}-")))
-        env = {"L2O_SESSION_MAX_PER_KEY": "1000", "L2O_STEP_BATCHING": "true" if mode == "on" else "false"}
+        env = server_env(bench, L2O_STEP_BATCHING="true" if mode == "on" else "false")
         with Server(workdir, env=env) as server:
             for _ in range(2):
                 runs[mode].append(asyncio.run(_batching_http_run(server, 5 if bench.quick else 20)))
     return _batching_summary(runs)
 
 
-async def _batching_run(on: bool, steps: int) -> dict[str, float]:
+async def _batching_run(on: bool, steps: int, device: torch.device) -> dict[str, float]:
     from service.sessions import wire
     from service.sessions.memory_store import MemoryStore
     from service.sessions.service import SessionLimits, SessionService
 
     versions = _BenchVersions()
+    kernel.warmup(OptimizerConfig(), device)   # as the server does at start: no compile inside the timing
     svc = SessionService(MemoryStore(), versions, SessionLimits(max_sessions_per_key=BATCH_SESSIONS),
-                         batching=on)
+                         batching=on, device=device)
     fmt = wire.WireFormat.SAFETENSORS
     sessions = [await svc.create("bench", OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
     bodies = [[wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads")
@@ -348,7 +376,8 @@ class _BenchVersions:
 
 
 def environment(bench: Bench) -> dict[str, Any]:
-    return {"threads": torch.get_num_threads(), "backend": kernel.backend(bench.config),
+    return {"threads": torch.get_num_threads(), "backend": kernel.backend(bench.config, bench.device),
+            "device": torch.cuda.get_device_name(bench.device) if bench.on_gpu else "cpu",
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
             "load_avg": os.getloadavg(), "command": " ".join([Path(sys.executable).name, "-m", "bench.step",
                                                                *sys.argv[1:]])}
@@ -371,15 +400,21 @@ RUN_MEASUREMENTS: dict[str, Callable[[Bench], Any]] = {
 
 # --- timing ---
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
     fn()
-    return statistics.median(_once(fn)[0] for _ in range(repeats))
+    return statistics.median(_once(fn, device)[0] for _ in range(repeats))
 
 
-def _once(fn: Callable[[], object]) -> tuple[float, float]:
-    """Wall seconds and this process's CPU seconds (all threads) for one call."""
+def _once(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads) for one call; on a GPU, until the
+    device has finished it."""
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if gpu:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -404,7 +439,7 @@ def measure_size(bench: Bench, n: int) -> dict[str, Any]:
     for _round in range(1 + MAX_EXTRA_ROUNDS):
         for _ in range(bench.repeats):
             for name in pending:   # round-robin: a burst of load hits every contender
-                wall, cpu = _once(timed[name])
+                wall, cpu = _once(timed[name], bench.device)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
         pending = [name for name in pending if spread(walls[name]) > NOISY_SPREAD]
@@ -423,7 +458,7 @@ def measure_size(bench: Bench, n: int) -> dict[str, Any]:
 def agreement(bench: Bench, n: int) -> dict[str, float]:
     grads, state = bench.inputs(n)
     u, new = kernel.step_inference(bench.config, bench.weights, grads, state)
-    u_ref, hc_ref = bench.reference().step(grads, state.hc, chunk=REFERENCE_CHUNK)
+    u_ref, hc_ref = bench.reference().step(grads, state.hc, chunk=None if bench.on_gpu else REFERENCE_CHUNK)
     return {"max_abs_diff_updates": float((u - u_ref).abs().max()),
             "max_abs_diff_state": float((new.hc - hc_ref).abs().max())}
 
@@ -437,8 +472,9 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
         row["limit_ns"] = floor
         if row.get("step_ns"):
             row["speedup"] = row["reference_ns"] / row["step_ns"]
-            row["speedup_over_1thread_reference"] = row["reference_1thread_ns"] / row["step_ns"]
-            row["speedup_over_chunked_reference"] = row["reference_chunked_ns"] / row["step_ns"]
+            for ref in ("1thread", "chunked"):
+                if row.get(f"reference_{ref}_ns"):
+                    row[f"speedup_over_{ref}_reference"] = row[f"reference_{ref}_ns"] / row["step_ns"]
             row["times_limit"] = row["step_ns"] / floor
         for wire in ("binary", "json"):
             if row.get(f"remote_{wire}_ns") and row.get("step_ns"):
@@ -466,10 +502,12 @@ def table(result: dict[str, Any]) -> str:
                         if row.get(key) is not None)
         lines.append(f"CPU ns per coordinate, all threads, at {int(n):,}: {cpu}")
     lim, env = result["limit"], result["environment"]
+    where = env.get("device", "cpu") if env.get("device", "cpu") != "cpu" else f"{env['threads']} threads"
     lines.append(f"ns per coordinate, medians; limit from {lim['matmul_gflops']:.1f} GFLOP/s and "
-                 f"{lim['copy_gbs']:.2f} GB/s on {env['threads']} threads; backend {env['backend']}; "
-                 f"start-up {result['startup_s']:.2f} s cold, {result['startup_cached_s']:.3f} s cached; "
-                 f"state {result['memory']['state_bytes_per_coord']} bytes/coord")
+                 f"{lim['copy_gbs']:.2f} GB/s on {where}; backend {env['backend']}; "
+                 + (f"start-up {result['startup_s']:.2f} s cold, {result['startup_cached_s']:.3f} s cached; "
+                    if result.get("startup_s") is not None and result.get("startup_cached_s") is not None else "")
+                 + f"state {result['memory']['state_bytes_per_coord']} bytes/coord")
     if result.get("server_ready_s") is not None:
         lines.append(f"l2o serve: process start to ready in {result['server_ready_s']:.2f} s "
                      "(kernel warm-up included)")
@@ -485,19 +523,29 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(sizes: tuple[int, ...], repeats: int, quick: bool, no_remote: bool = False) -> dict[str, Any]:
+def run(sizes: tuple[int, ...], repeats: int, quick: bool, no_remote: bool = False,
+        device: torch.device = torch.device("cpu"), skip: frozenset[str] = frozenset(),
+        progress: Callable[[dict[str, Any]], None] = lambda result: None) -> dict[str, Any]:
+    """Every measurement but those in `skip`; `progress` sees the result after each one (a long run
+    that is cut short keeps what it measured)."""
     config = OptimizerConfig()
     net = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(0))
-    bench = Bench(config, {k: v.detach() for k, v in net.weights().items()}, repeats, quick, no_remote)
+    bench = Bench(config, {k: v.detach().to(device) for k, v in net.weights().items()}, repeats, quick, no_remote,
+                  device, sizes)
     with bench.stack:
         result: dict[str, Any] = {}
         for key, fn in RUN_MEASUREMENTS.items():
+            if key in skip:
+                result[key] = None
+                continue
             print(f"measuring {key}", file=sys.stderr, flush=True)
             result[key] = fn(bench)
+            progress(result)
         result["sizes"] = {}
         for n in sizes:
             print(f"measuring {n:,} coordinates", file=sys.stderr, flush=True)
             result["sizes"][str(n)] = measure_size(bench, n)
+            progress(result)
         result["environment"]["load_avg_end"] = os.getloadavg()
     derive(result, bench)
     return result
@@ -507,19 +555,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller limit probes (smoke test)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--sizes", type=int, nargs="+",
+                        help="coordinates per step (default 10,000 to 1,000,000; on a GPU 100,000 to 10,000,000)")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (default 7, 3 with --quick)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
     parser.add_argument("--no-remote", action="store_true", help="skip everything that needs `l2o serve`")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every step runs")
+    optional = [k for k in RUN_MEASUREMENTS if k not in ("environment", "limit", "memory")]
+    parser.add_argument("--skip", nargs="+", default=[], choices=optional, metavar="NAME",
+                        help=f"per-run measurements to leave out, of: {', '.join(optional)}")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    sizes = tuple(args.sizes or (GPU_SIZES if device.type == "cuda" else SIZES))
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
-    result = run(tuple(args.sizes), repeats, args.quick, args.no_remote)
+    def write(result: dict[str, Any]) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+    result = run(sizes, repeats, args.quick, args.no_remote, device, frozenset(args.skip), write)
     print(table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write(result)
     return result
 
 

@@ -18,6 +18,8 @@
     L2O_SESSION_MAX_PER_KEY     most live sessions one API key may hold (default: 16)
     L2O_SESSION_MAX_STATE_BYTES most bytes of LSTM state held for all sessions together (default: 2 GiB)
     L2O_STEP_MAX_BODY_BYTES     largest step request body accepted, else 413 (default: 64 MiB)
+    L2O_STEP_DEVICE       torch device steps run on: `cpu` (default), `cuda`, `cuda:N`, or `auto` (cuda when
+                          available); session states stay in host memory and cross to the GPU and back each step
     L2O_MAX_BODY_BYTES    largest body of any other request (JSON specs: keys, aliases, jobs), else 413 (default: 1 MiB)
     L2O_RATE_LIMIT_PER_S  requests per second each API key may make on average, else 429 with Retry-After
                           (default: 0, no limit); counted per process with the memory store, in Redis with Redis
@@ -76,6 +78,7 @@ class Settings(BaseSettings):
     session_max_state_bytes: int = Field(default=2 * 1024**3, ge=1)
     step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     step_batching: bool = True
+    step_device: str = Field(default="cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     rate_limit_per_s: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)

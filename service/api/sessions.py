@@ -22,6 +22,7 @@ from typing import Annotated
 
 import anyio
 import pydantic
+import torch
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 
 from service.api.body import read_body
@@ -30,6 +31,7 @@ from service.api.schemas import SessionCreate, SessionOut
 from service.config import Settings
 from service.errors import UnsupportedMediaType, ValidationError
 from service.lopt import OptimizerConfig, kernel
+from service.lopt.device import resolve_device
 from service.sessions import wire
 from service.sessions.service import STATE_TYPE, SessionLimits, SessionService
 from service.sessions.store import open_store
@@ -143,11 +145,13 @@ async def sessions_component(app: FastAPI) -> AsyncIterator[None]:
     store = open_store(settings.session_store, data_dir=settings.data_dir.expanduser(),
                        key_prefix=settings.session_key_prefix)
     await anyio.to_thread.run_sync(store.open)
+    device = torch.device(resolve_device(settings.step_device, "L2O_STEP_DEVICE"))
     # Build (or load from the on-disk cache) the step kernel now, so no first step stalls on a compile.
-    app.state.kernel_warmup_s = await anyio.to_thread.run_sync(kernel.warmup, OptimizerConfig())
-    log.info("step kernel ready (%s) in %.3f s", kernel.backend(OptimizerConfig()), app.state.kernel_warmup_s)
+    app.state.kernel_warmup_s = await anyio.to_thread.run_sync(kernel.warmup, OptimizerConfig(), device)
+    log.info("step kernel ready (%s on %s) in %.3f s", kernel.backend(OptimizerConfig(), device), device,
+             app.state.kernel_warmup_s)
     sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings),
-                              batching=settings.step_batching)
+                              batching=settings.step_batching, device=device)
     app.state.sessions = sessions
     app.state.is_version_in_use = sessions.is_version_in_use
     sweeper = asyncio.create_task(sessions.run_sweeper())

@@ -24,7 +24,6 @@ from enum import StrEnum
 from typing import Any
 
 import pydantic
-import torch
 from sqlalchemy.exc import DBAPIError
 
 from service.errors import L2OError
@@ -32,6 +31,7 @@ from service.jobs import lease
 from service.jobs import repository as repo
 from service.jobs.spec import JobSpec
 from service.lopt import Checkpoint
+from service.lopt.device import resolve_device
 from service.metatrain import (
     EvaluationReport,
     MetaTrainingDiverged,
@@ -64,15 +64,6 @@ class LeaseLost(Exception):
     """A write found the lease held by someone else: this runner must stop without changing anything."""
 
 
-def resolve_device(name: str) -> str:
-    """`auto` is cuda when this machine has a GPU, else cpu; asking for a GPU that is not there is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"L2O_JOB_DEVICE={name} but torch sees no CUDA device on this machine")
-    return name
-
-
 @dataclass(frozen=True)
 class RunnerConfig:
     device: str = "cpu"
@@ -81,7 +72,8 @@ class RunnerConfig:
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerConfig:
-        return cls(resolve_device(settings.job_device), settings.job_lease_s, settings.job_max_attempts)
+        return cls(resolve_device(settings.job_device, "L2O_JOB_DEVICE"), settings.job_lease_s,
+                   settings.job_max_attempts)
 
 
 def run_job(job_id: str, db: Database, config: RunnerConfig = RunnerConfig(), *,

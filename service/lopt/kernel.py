@@ -11,6 +11,9 @@ Two implementations sit behind these functions:
   in registers from the gate products to the new state, on `torch.get_num_threads()` threads. It is
   built, or loaded from its on-disk cache, by `warmup(config)` at start-up, so no request waits for a
   compiler.
+- compiled (CUDA; L2O_KERNEL=compiled forces it on any device): `pointwise.step_pointwise_` through
+  torch.compile, one call over every coordinate; `warmup(config, device)` compiles it at start-up,
+  one variant per state dtype.
 - torch (other devices, or a CPU without a C compiler; L2O_KERNEL=torch forces it): `step_autograd`
   over fixed blocks of BLOCK coordinates, the last one zero-padded, so every matrix product has the
   same shape.
@@ -18,10 +21,10 @@ Two implementations sit behind these functions:
 Batch invariance: a coordinate's update and new state are bit-identical whatever other coordinates
 share the call, as long as its slice starts at a multiple of BLOCK (`padded_len` gives the aligned
 length a batcher should reserve per slice; `step_inference_many` lays its segments out that way). The
-native kernel is stronger: every coordinate runs the
-same lane-wise instructions, so its bits do not depend on its offset at all. Bits can differ between
-the two implementations and between CPU types (the native code is compiled for the host CPU); each
-agrees with `step_autograd` to float32 tolerance.
+native and compiled kernels are stronger: every coordinate runs the same scalar code (lanes on the
+CPU, threads on a GPU; pointwise.py says why), so there its bits do not depend on its offset at all.
+Bits can differ between the implementations and between CPU and GPU types (the native code is
+compiled for the host CPU); each agrees with `step_autograd` to float32 tolerance.
 
 State precision: `state.hc` may be float32, bfloat16 or float16. The step computes in float32 and
 writes the new state in the dtype it came in, so a half-precision state halves the bytes stored and
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.lopt import native
+from service.lopt import native, pointwise
 from service.lopt.config import OptimizerConfig
 from service.lopt.functional import step_autograd
 from service.lopt.network import weight_shapes
@@ -46,7 +49,7 @@ from service.lopt.state import LSTMState
 
 BLOCK = 4096
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BACKENDS = ("auto", "native", "torch")
+BACKENDS = ("auto", "native", "compiled", "torch")
 
 
 def padded_len(n: int) -> int:
@@ -65,10 +68,15 @@ def requested_backend() -> str:
 
 
 def backend(config: OptimizerConfig, device: torch.device | str = "cpu") -> str:
-    """'native' or 'torch': what a step on `device` runs. The first call for an architecture may
-    compile the native kernel (that is what `warmup` is for)."""
+    """'native', 'compiled' or 'torch': what a step on `device` runs. The first call for an architecture
+    may compile the native kernel (that is what `warmup` is for)."""
     choice = requested_backend()
-    if choice == "torch" or torch.device(device).type != "cpu":
+    kind = torch.device(device).type
+    if choice in ("torch", "compiled"):
+        return choice
+    if kind == "cuda":
+        return "compiled"
+    if kind != "cpu":
         return "torch"
     try:
         native.load(config)
@@ -79,17 +87,20 @@ def backend(config: OptimizerConfig, device: torch.device | str = "cpu") -> str:
     return "native"
 
 
-def warmup(config: OptimizerConfig) -> float:
-    """Build (or load from the cache) everything a CPU step of this architecture needs and run one
-    small step per state dtype; returns the seconds it took. Call it at start-up."""
+def warmup(config: OptimizerConfig, device: torch.device | str = "cpu") -> float:
+    """Build (or load from the cache) everything a step of this architecture on `device` needs and run
+    small steps per state dtype; returns the seconds it took. Call it at start-up."""
     start = time.perf_counter()
-    backend(config)
-    weights = {name: torch.zeros(shape) for name, shape in weight_shapes(config).items()}
-    n = 3 * 16 + 1
-    grads = torch.linspace(-1.0, 1.0, n)
-    for dtype in STATE_DTYPES:
-        state = LSTMState(torch.zeros((n, config.num_layers, 2, config.hidden_size), dtype=dtype))
-        step_inference(config, weights, grads, state)
+    backend(config, device)
+    weights = {name: torch.zeros(shape, device=device) for name, shape in weight_shapes(config).items()}
+    for n in (3 * 16 + 1, 2 * BLOCK + 3):   # two sizes: a compiled step must not specialise on the first
+        grads = torch.linspace(-1.0, 1.0, n, device=device)
+        for dtype in STATE_DTYPES:
+            state = LSTMState(torch.zeros((n, config.num_layers, 2, config.hidden_size), dtype=dtype,
+                                          device=device))
+            step_inference(config, weights, grads, state)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -127,13 +138,21 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
         out_updates = torch.empty(n, dtype=torch.float32, device=hc.device)
     _check_out("out_updates", out_updates, (n,), torch.float32, hc.device)
     g = grads.to(torch.float32).contiguous()
-    if n and backend(config, hc.device) == "native":
-        native.load(config).run(config, weights, g, hc.contiguous(), out_state, out_updates,
-                                torch.get_num_threads())
-    elif n:
-        with torch.no_grad():
-            _step_blocks(config, weights, g, hc, out_state, out_updates)
+    if n:
+        _run(backend(config, hc.device), config, weights, g, hc.contiguous(), out_state, out_updates)
     return out_updates, LSTMState(out_state)
+
+
+def _run(kind: str, config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
+         hc: torch.Tensor, out_state: torch.Tensor, out_updates: torch.Tensor) -> None:
+    if kind == "native":
+        native.load(config).run(config, weights, grads, hc, out_state, out_updates, torch.get_num_threads())
+        return
+    with torch.no_grad():
+        if kind == "compiled":
+            pointwise.compiled(config)(weights, grads, hc, out_state, out_updates)
+        else:
+            _step_blocks(config, weights, grads, hc, out_state, out_updates)
 
 
 @dataclass(frozen=True)
@@ -167,23 +186,26 @@ def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor
         if not hc.is_contiguous():
             raise ValueError(f"segment {i}: a batched step needs contiguous state tensors")
         parts.append((seg.grads.to(torch.float32).contiguous(), hc, seg.out_state, seg.out_updates))
-    if backend(config, device) == "native":
+    kind = backend(config, device)
+    if kind == "native":
         native.load(config).run_many(config, weights, parts, torch.get_num_threads())
         return
-    # The torch path: every segment starts on a block boundary of one padded buffer, so each block
-    # holds one segment's coordinates and zeros, exactly as in a call on that segment alone.
+    # One buffer for all segments. On the torch path every segment starts on a block boundary, so each
+    # block holds one segment's coordinates and zeros, exactly as in a call on that segment alone; the
+    # compiled step is pointwise, so there segments simply follow one another.
+    size = padded_len if kind == "torch" else int
     offsets, total = [], 0
     for g, _, _, _ in parts:
         offsets.append(total)
-        total += padded_len(g.shape[0])
+        total += size(g.shape[0])
     grads = torch.zeros(total, device=device)
     hc = torch.zeros((total, *parts[0][1].shape[1:]), dtype=dtype, device=device)
     for start, (g, h, _, _) in zip(offsets, parts, strict=True):
         grads[start:start + g.shape[0]] = g
         hc[start:start + g.shape[0]] = h
     out_hc, out_u = torch.empty_like(hc), torch.empty(total, device=device)
-    with torch.no_grad():
-        _step_blocks(config, weights, grads, hc, out_hc, out_u)
+    if total:
+        _run(kind, config, weights, grads, hc, out_hc, out_u)
     for start, (g, _, o_state, o_updates) in zip(offsets, parts, strict=True):
         o_state.copy_(out_hc[start:start + g.shape[0]])
         o_updates.copy_(out_u[start:start + g.shape[0]])

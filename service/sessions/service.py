@@ -98,15 +98,19 @@ class PendingStep:
     now: float
     config: OptimizerConfig
     weights: dict[str, torch.Tensor]
-    grads: torch.Tensor
+    grads: torch.Tensor          # these four on the step device
+    state: torch.Tensor
     out_state: torch.Tensor
     updates: torch.Tensor
+    buffer: torch.Tensor         # where the store takes the new state from (out_state itself on the CPU)
 
 
 class SessionService:
     def __init__(self, store: SessionStore, versions: VersionSource, limits: SessionLimits = SessionLimits(), *,
-                 clock: Callable[[], float] = time.time, batching: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, batching: bool = True,
+                 device: torch.device | str = "cpu") -> None:
         self.store = store
+        self.device = torch.device(device)   # where the LSTM runs; the store keeps states in host memory
         self.versions = versions
         self.limits = limits
         self.clock = clock
@@ -238,8 +242,8 @@ class SessionService:
         work = self._prepare(owner, session_id, body, fmt)
         if isinstance(work, Answer):
             return work
-        kernel.step_inference_(work.config, work.weights, work.grads, LSTMState(work.record.hc),
-                                    out_state=work.out_state, out_updates=work.updates)
+        kernel.step_inference_(work.config, work.weights, work.grads, LSTMState(work.state),
+                               out_state=work.out_state, out_updates=work.updates)
         return self._finish(work)
 
     def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | L2OError]:
@@ -261,7 +265,7 @@ class SessionService:
         for group in groups.values():
             config, weights = group[0][1].config, group[0][1].weights
             kernel.step_inference_many(config, weights, [
-                kernel.Segment(w.grads, LSTMState(w.record.hc), w.out_state, w.updates) for _, w in group])
+                kernel.Segment(w.grads, LSTMState(w.state), w.out_state, w.updates) for _, w in group])
             for i, work in group:
                 try:
                     results[i] = self._finish(work)
@@ -284,13 +288,21 @@ class SessionService:
         config, weights = self._load_weights(record.info.version_id, record.info.digest)
         # The new state goes into a buffer the store keeps for this session: the old state stays
         # intact until the commit, and no step pays for fresh memory.
-        return PendingStep(record, fmt, now, config, weights, flat, self.store.step_buffer(record),
-                           torch.empty(flat.shape[0], dtype=torch.float32))
+        buffer = self.store.step_buffer(record)
+        if self.device.type == "cpu":
+            return PendingStep(record, fmt, now, config, weights, flat, record.hc, buffer,
+                               torch.empty(flat.shape[0], dtype=torch.float32), buffer)
+        state = record.hc.to(self.device, non_blocking=True)
+        return PendingStep(record, fmt, now, config, weights, flat.to(self.device, non_blocking=True), state,
+                           torch.empty_like(state), torch.empty(flat.shape[0], device=self.device), buffer)
 
     def _finish(self, work: PendingStep) -> Answer:
         record, fmt, count = work.record, work.fmt, work.record.info.step
-        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, work.updates)), fmt)
-        if self.store.commit_step(record.id, expected_step=count, hc=work.out_state, answer=body,
+        updates = work.updates.cpu()
+        if work.buffer is not work.out_state:
+            work.buffer.copy_(work.out_state)
+        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates)), fmt)
+        if self.store.commit_step(record.id, expected_step=count, hc=work.buffer, answer=body,
                                   answer_type=fmt.content_type, used_at=work.now):
             return Answer(body, fmt.content_type)
         # Another API process applied this step first: answer as if this request had come after it.
@@ -367,7 +379,7 @@ class SessionService:
                 checkpoint = Checkpoint.from_bytes(data, expected_sha256=digest)
             except CheckpointError as exc:
                 raise L2OError(f"the registry's checkpoint for version {version_id} does not load: {exc}") from exc
-            weights = {k: v.to(torch.float32).contiguous() for k, v in checkpoint.weights.items()}
+            weights = {k: v.to(torch.float32).contiguous().to(self.device) for k, v in checkpoint.weights.items()}
             self._weights[digest] = (checkpoint.config, weights)
             return self._weights[digest]
 

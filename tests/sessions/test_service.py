@@ -339,6 +339,9 @@ async def test_a_state_resumes_only_on_its_own_version_and_shapes(svc, versions)
         await svc.create("k1", "opt:2", None, resume_state=state)
     with pytest.raises(StateMismatch, match="shapes given differ"):
         await svc.create("k1", None, {**SHAPES, "fc.bias": [5]}, resume_state=state)
+    with pytest.raises(StateMismatch, match="kept in float32, not bfloat16"):
+        await svc.create("k1", None, None, resume_state=state, state_dtype="bfloat16")
+    assert (await svc.create("k1", None, None, resume_state=state, state_dtype="float32")).state_dtype == "float32"
     meta, tensors = wire.read_safetensors(state)
     shorter = wire.write_safetensors({"hc": tensors["hc"][:-1]}, meta)
     with pytest.raises(StateMismatch, match="state tensor has shape"):
