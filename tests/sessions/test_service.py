@@ -341,7 +341,9 @@ async def test_a_state_resumes_only_on_its_own_version_and_shapes(svc, versions)
         await svc.create("k1", None, {**SHAPES, "fc.bias": [5]}, resume_state=state)
     with pytest.raises(StateMismatch, match="kept in float32, not bfloat16"):
         await svc.create("k1", None, None, resume_state=state, state_dtype="bfloat16")
-    assert (await svc.create("k1", None, None, resume_state=state, state_dtype="float32")).state_dtype == "float32"
+    same = await svc.create("k1", None, None, resume_state=state, state_dtype="float32")
+    assert same.state_dtype == "float32"
+    await svc.delete("k1", same.id)
     meta, tensors = wire.read_safetensors(state)
     shorter = wire.write_safetensors({"hc": tensors["hc"][:-1]}, meta)
     with pytest.raises(StateMismatch, match="state tensor has shape"):
