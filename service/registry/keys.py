@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Literal, get_args
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound, Unauthorized, ValidationError
@@ -54,8 +55,9 @@ def create_key(db: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, s
     return row, key
 
 
-def authenticate(db: Session, key: str) -> ApiKey:
-    """The live key row for `key`, else Unauthorized (the message does not say which keys exist)."""
+def authenticate(db: Session | Connection, key: str) -> ApiKey:
+    """The live key for `key` (a detached copy), else Unauthorized (the message does not say which keys
+    exist)."""
     digest = hash_key(key)
     row = repository.get_key_by_hash(db, digest)
     # The lookup is by hash already; the constant-time compare keeps the check itself free of timing leaks.

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
@@ -22,8 +22,14 @@ def get_key(db: Session, key_id: int) -> ApiKey | None:
     return db.get(ApiKey, key_id)
 
 
-def get_key_by_hash(db: Session, key_hash: str) -> ApiKey | None:
-    return db.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).one_or_none()
+_KEYS = ApiKey.__table__
+
+
+def get_key_by_hash(db: Session | Connection, key_hash: str) -> ApiKey | None:
+    """The key with this hash as a detached copy (in no session), read as a plain row: every request
+    makes this query, and on a bare connection it costs a quarter of an ORM load."""
+    row = db.execute(select(_KEYS).where(_KEYS.c.key_hash == key_hash)).one_or_none()
+    return None if row is None else ApiKey(**row._mapping)
 
 
 def list_keys(db: Session) -> list[ApiKey]:
