@@ -5,7 +5,7 @@
     updates, state = step_inference_(config, weights, grads, state, out_state=buffer, out_updates=u)
     step_inference_many(config, weights, [Segment(grads, state, out_state, out_updates), ...])   # one call
 
-Two implementations sit behind these functions:
+Three implementations sit behind these functions:
 
 - native (CPU): one fused C loop (lstm_step.c, built by `native`) that keeps each tile of coordinates
   in registers from the gate products to the new state, on `torch.get_num_threads()` threads. It is
