@@ -19,7 +19,8 @@
     L2O_SESSION_MAX_STATE_BYTES most bytes of LSTM state held for all sessions together (default: 2 GiB)
     L2O_STEP_MAX_BODY_BYTES     largest step request body accepted, else 413 (default: 64 MiB)
     L2O_STEP_DEVICE       torch device steps run on: `cpu` (default), `cuda`, `cuda:N`, or `auto` (cuda when
-                          available); session states stay in host memory and cross to the GPU and back each step
+                          available); the memory store keeps session states in that device's memory, Redis on
+                          the host (they cross to the GPU and back at each step)
     L2O_MAX_BODY_BYTES    largest body of any other request (JSON specs: keys, aliases, jobs), else 413 (default: 1 MiB)
     L2O_RATE_LIMIT_PER_S  requests per second each API key may make on average, else 429 with Retry-After
                           (default: 0, no limit); counted per process with the memory store, in Redis with Redis

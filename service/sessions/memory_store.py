@@ -23,6 +23,8 @@ SNAPSHOT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.fl
 
 
 class MemoryStore(SessionStore):
+    keeps_tensors = True
+
     def __init__(self, snapshot: Path | None = None, *, tombstone_ttl_s: float = TOMBSTONE_TTL_S) -> None:
         self.snapshot = snapshot
         self.tombstone_ttl_s = tombstone_ttl_s
@@ -112,8 +114,9 @@ class MemoryStore(SessionStore):
     def step_buffer(self, record: SessionRecord) -> torch.Tensor:
         with self._lock:
             spare = self._spares.pop(record.id, None)
-        if spare is None or spare.shape != record.hc.shape or spare.dtype != record.hc.dtype:
-            return torch.empty_like(record.hc)
+        hc = record.hc
+        if spare is None or spare.shape != hc.shape or spare.dtype != hc.dtype or spare.device != hc.device:
+            return torch.empty_like(hc)
         return spare
 
     def delete(self, session_id: str) -> bool:

@@ -102,7 +102,7 @@ class PendingStep:
     state: torch.Tensor
     out_state: torch.Tensor
     updates: torch.Tensor
-    buffer: torch.Tensor         # where the store takes the new state from (out_state itself on the CPU)
+    keep: torch.Tensor           # the new state as the store commits it: out_state itself, or a host copy
 
 
 class SessionService:
@@ -110,7 +110,10 @@ class SessionService:
                  clock: Callable[[], float] = time.time, batching: bool = True,
                  device: torch.device | str = "cpu") -> None:
         self.store = store
-        self.device = torch.device(device)   # where the LSTM runs; the store keeps states in host memory
+        # Where the LSTM runs, and where states live when the store keeps tensors (the memory store): then
+        # a GPU step moves only gradients in and updates out. A store of bytes (Redis) holds them on the host.
+        self.device = torch.device(device)
+        self.state_device = self.device if store.keeps_tensors else torch.device("cpu")
         self.versions = versions
         self.limits = limits
         self.clock = clock
@@ -203,10 +206,11 @@ class SessionService:
         version = self.versions.resolve(reference)
         config, _ = self._load_weights(version.id, version.digest)
         if state is None:
-            step, hc = 0, lopt.init(config, n_coords, dtype=STATE_DTYPES[state_dtype or "float32"]).hc
+            step, hc = 0, lopt.init(config, n_coords, dtype=STATE_DTYPES[state_dtype or "float32"],
+                                    device=self.state_device).hc
         else:
             check_resume(state, version, reference, config, given, state_dtype)
-            step, hc = state.step, state.hc.clone()
+            step, hc = state.step, state.hc.to(self.state_device, copy=True)
         now = self.clock()
         info = SessionInfo(
             id="s_" + secrets.token_urlsafe(24), owner=owner, optimizer=version.name, version=version.version,
@@ -287,22 +291,23 @@ class SessionService:
             return self._replay(record, fmt)
         config, weights = self._load_weights(record.info.version_id, record.info.digest)
         # The new state goes into a buffer the store keeps for this session: the old state stays
-        # intact until the commit, and no step pays for fresh memory.
+        # intact until the commit, and no step pays for fresh memory. Where the state is not on the step
+        # device (a Redis store, or a snapshot loaded onto the CPU) it is copied there, and back, or kept
+        # there from now on when the store keeps tensors.
         buffer = self.store.step_buffer(record)
-        if self.device.type == "cpu":
-            return PendingStep(record, fmt, now, config, weights, flat, record.hc, buffer,
-                               torch.empty(flat.shape[0], dtype=torch.float32), buffer)
-        state = record.hc.to(self.device, non_blocking=True)
-        return PendingStep(record, fmt, now, config, weights, flat.to(self.device, non_blocking=True), state,
-                           torch.empty_like(state), torch.empty(flat.shape[0], device=self.device), buffer)
+        state = record.hc.to(self.device, non_blocking=True)   # no copy when it is there already
+        out = buffer if buffer.device == self.device else torch.empty_like(state)
+        keep = out if self.store.keeps_tensors else buffer
+        return PendingStep(record, fmt, now, config, weights, flat.to(self.device, non_blocking=True), state, out,
+                           torch.empty(flat.shape[0], dtype=torch.float32, device=self.device), keep)
 
     def _finish(self, work: PendingStep) -> Answer:
         record, fmt, count = work.record, work.fmt, work.record.info.step
         updates = work.updates.cpu()
-        if work.buffer is not work.out_state:
-            work.buffer.copy_(work.out_state)
+        if work.keep is not work.out_state:
+            work.keep.copy_(work.out_state)
         body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates)), fmt)
-        if self.store.commit_step(record.id, expected_step=count, hc=work.buffer, answer=body,
+        if self.store.commit_step(record.id, expected_step=count, hc=work.keep, answer=body,
                                   answer_type=fmt.content_type, used_at=work.now):
             return Answer(body, fmt.content_type)
         # Another API process applied this step first: answer as if this request had come after it.

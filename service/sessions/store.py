@@ -23,6 +23,10 @@ SNAPSHOT_FILE = "sessions.safetensors"
 
 
 class SessionStore(ABC):
+    # True for a store that keeps the state tensors it is given, wherever they are (so on a GPU they stay
+    # in its memory between steps); False for one that keeps their bytes (states come back on the CPU).
+    keeps_tensors: bool = False
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Called once at app start."""
 
