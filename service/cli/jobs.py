@@ -1,7 +1,7 @@
-"""`l2o jobs`: submit, list, show, cancel and watch meta-training jobs on an l2o server, over HTTP.
+"""`l2o jobs`: submit, list, show, cancel and watch meta-training jobs on an l2o server, through the SDK.
 
 The server is L2O_URL (default http://127.0.0.1:8000). The key is L2O_API_KEY, else the key file the
-embedded server writes on first start (<data_dir>/admin.key).
+embedded server writes on first start (<data_dir>/admin.key): the SDK's `Client()` finds both.
 
     l2o jobs submit --name quad-small --family quadratic --param dim=10 --set training.iterations=100 --watch
     l2o jobs submit --spec job.json
@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from client import APIConnectionError, APIStatusError, Client, Job
+from client import L2OError as ClientError
 from service.cli.options import parse_params
 from service.cli.progress import ProgressBar, fmt_seconds
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT = httpx.Timeout(30.0)
-STREAM_TIMEOUT = httpx.Timeout(30.0, read=None)  # the event stream may be quiet for a while between events
 
 
 class CliError(Exception):
@@ -66,54 +60,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --- the client -------------------------------------------------------------------------------------
 
 
-def api_key() -> str:
-    key = os.environ.get("L2O_API_KEY")
-    if key:
-        return key.strip()
-    from service.config import Settings
-
-    path = Settings().admin_key_path
-    try:
-        return path.read_text().strip()
-    except OSError:
-        raise CliError(f"no API key: set L2O_API_KEY, or start the embedded server once (`l2o serve`) so it "
-                       f"writes {path}") from None
-
-
-def make_client() -> httpx.Client:
-    url = os.environ.get("L2O_URL", DEFAULT_URL).rstrip("/")
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key()}"}, timeout=TIMEOUT)
-
-
 def with_client(command):
     """Wrap a command taking (args, client) into one taking args, turning every failure into one line."""
 
-    def run(args: argparse.Namespace, client: httpx.Client | None = None) -> int:
+    def run(args: argparse.Namespace, client: Client | None = None) -> int:
         try:
             if client is not None:
                 return command(args, client)
-            with make_client() as own:
+            with Client() as own:
                 return command(args, own)
         except CliError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except httpx.TransportError as exc:
-            print(f"error: cannot reach the l2o server ({exc}); is it running? set L2O_URL to its address",
-                  file=sys.stderr)
-            return 1
+        except APIConnectionError as exc:
+            print(f"error: cannot reach the l2o server: {exc.message}", file=sys.stderr)
+        except APIStatusError as exc:
+            print(f"error: {exc.message} (HTTP {exc.status_code})", file=sys.stderr)
+        except ClientError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     return run
-
-
-def checked(response: httpx.Response) -> Any:
-    if response.is_success:
-        return response.json()
-    try:
-        error = response.json()["error"]
-        message = error["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:300] or response.reason_phrase
-    raise CliError(f"{message} (HTTP {response.status_code})")
 
 
 # --- the commands -----------------------------------------------------------------------------------
@@ -151,90 +117,65 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def submit(args: argparse.Namespace, client: httpx.Client) -> int:
-    job = checked(client.post("/v1/jobs", json=build_spec(args)))
-    print(job["id"])
-    print(f"queued {job['name']}: {job['progress']['total_iterations']} iterations; "
-          f"`l2o jobs watch {job['id']}` to follow it", file=sys.stderr)
+def submit(args: argparse.Namespace, client: Client) -> int:
+    job = client.jobs.submit(build_spec(args))
+    print(job.id)
+    print(f"queued {job.name}: {job.progress.total_iterations} iterations; `l2o jobs watch {job.id}` to follow it",
+          file=sys.stderr)
     if args.watch:
-        return follow(client, job["id"])
+        return follow(client, job.id)
     return 0
 
 
-def list_jobs(args: argparse.Namespace, client: httpx.Client) -> int:
-    params = {"limit": args.limit, **({"state": args.state} if args.state else {})}
-    rows = checked(client.get("/v1/jobs", params=params))
+def list_jobs(args: argparse.Namespace, client: Client) -> int:
     print(f"{'ID':<32}  {'NAME':<20} {'STATE':<10} {'PROGRESS':>11} {'META-LOSS':>10}  RESULT")
-    for job in rows:
-        p = job["progress"]
-        loss = f"{p['meta_loss']:.4g}" if p["meta_loss"] is not None else "-"
-        result = job["result"]["reference"] if job["result"] else (job["error"] or "")[:40]
-        print(f"{job['id']:<32}  {job['name'][:20]:<20} {job['state']:<10} "
-              f"{p['iteration']:>5}/{p['total_iterations']:<5} {loss:>10}  {result}")
+    for job in client.jobs.list(state=args.state, limit=args.limit):
+        p = job.progress
+        loss = f"{p.meta_loss:.4g}" if p.meta_loss is not None else "-"
+        result = job.result.reference if job.result else (job.error or "")[:40]
+        print(f"{job.id:<32}  {job.name[:20]:<20} {job.state:<10} "
+              f"{p.iteration:>5}/{p.total_iterations:<5} {loss:>10}  {result}")
     return 0
 
 
-def show(args: argparse.Namespace, client: httpx.Client) -> int:
-    print(json.dumps(checked(client.get(f"/v1/jobs/{args.job_id}")), indent=2))
+def show(args: argparse.Namespace, client: Client) -> int:
+    print(json.dumps(client.jobs.get(args.job_id).raw, indent=2))
     return 0
 
 
-def cancel(args: argparse.Namespace, client: httpx.Client) -> int:
-    job = checked(client.post(f"/v1/jobs/{args.job_id}/cancel"))
-    print(job["state"] if job["state"] != "running" else "cancelling: it stops before its next iteration")
+def cancel(args: argparse.Namespace, client: Client) -> int:
+    job = client.jobs.cancel(args.job_id)
+    print(job.state if job.state != "running" else "cancelling: it stops before its next iteration")
     return 0
 
 
-def watch(args: argparse.Namespace, client: httpx.Client) -> int:
+def watch(args: argparse.Namespace, client: Client) -> int:
     return follow(client, args.job_id)
 
 
-def follow(client: httpx.Client, job_id: str) -> int:
+def follow(client: Client, job_id: str) -> int:
     """Draw a progress bar from the job's event stream; 0 if the job succeeded, else 1."""
     bar: ProgressBar | None = None
-    job: dict[str, Any] = {}
+    job: Job | None = None
     resumed = None
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=STREAM_TIMEOUT) as response:
-        if not response.is_success:
-            response.read()
-            checked(response)
-        for event, job in sse_events(response.iter_lines()):
-            p = job["progress"]
-            if p["resumed_from"] is not None and p["resumed_from"] != resumed:
-                resumed = p["resumed_from"]
-                print(f"resumed at iteration {resumed}", file=sys.stderr)
-            bar = bar or ProgressBar(p["total_iterations"])
-            losses = " ".join(f"{label} {p[k]:.4g}" for label, k in (("meta-loss", "meta_loss"),
-                                                                      ("eval", "eval_loss")) if p[k] is not None)
-            bar.update(p["iteration"], elapsed=p["elapsed_s"], extra=f"{job['state']} {p['phase'] or ''} {losses}")
-            if event == "end":
-                break
+    for event in client.jobs.events(job_id):
+        job, p = event.job, event.job.progress
+        if p.resumed_from is not None and p.resumed_from != resumed:
+            resumed = p.resumed_from
+            print(f"resumed at iteration {resumed}", file=sys.stderr)
+        bar = bar or ProgressBar(p.total_iterations)
+        losses = " ".join(f"{label} {v:.4g}" for label, v in (("meta-loss", p.meta_loss), ("eval", p.eval_loss))
+                          if v is not None)
+        bar.update(p.iteration, elapsed=p.elapsed_s, extra=f"{job.state} {p.phase or ''} {losses}")
+        if event.event == "end":
+            break
     if bar is not None:
         bar.close()
-    if not job:
+    if job is None:
         raise CliError(f"the event stream for job {job_id} ended without a word")
-    if job["state"] == "succeeded":
-        print(f"succeeded: {job['result']['reference'] if job['result'] else '?'} "
-              f"({fmt_seconds(job['progress']['elapsed_s'])} of meta-training)")
+    if job.state == "succeeded":
+        print(f"succeeded: {job.result.reference if job.result else '?'} "
+              f"({fmt_seconds(job.progress.elapsed_s)} of meta-training)")
         return 0
-    print(f"{job['state']}{': ' + job['error'] if job.get('error') else ''}", file=sys.stderr)
+    print(f"{job.state}{': ' + job.error if job.error else ''}", file=sys.stderr)
     return 1
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event name, JSON data) for each server-sent event; comments (keep-alives) are skipped."""
-    event, data = "message", []
-    for line in lines:
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
