@@ -123,6 +123,8 @@ class BaseClient:
                 error, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
         assert response is not None
         if response.status_code == 429:
+            if error_code(response) == "too_many_sessions":
+                return False  # waiting frees no session: the caller must delete one (or let one expire)
             # Refused before any work was done; but a wait longer than the cap is the caller's to decide.
             after = retry_after(response)
             return after is None or after <= c.MAX_RETRY_AFTER
@@ -185,6 +187,14 @@ class BaseClient:
 
     def deleted_session(self, session_id: str) -> None:
         self._own_sessions.discard(session_id)
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """The `code` of an l2o error answer (its body already read), or None for anything else."""
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def retry_after(response: httpx.Response) -> float | None:

@@ -95,6 +95,15 @@ def test_a_retry_after_beyond_the_cap_is_the_callers_to_decide(sleeps):
     assert info.value.status_code == 429 and len(t.calls) == 1 and sleeps == []
 
 
+def test_too_many_sessions_is_not_retried_since_waiting_frees_none(sleeps):
+    refused = httpx.Response(429, json={"error": {"code": "too_many_sessions", "message": "this key already holds "
+                                                  "16 sessions", "detail": {"sessions": 16, "limit": 16}}})
+    t = Scripted(lambda request: refused, 201, body=SESSION)
+    with pytest.raises(client.TooManySessionsError, match="already holds 16 sessions"):
+        make(t).sessions.create("t", {"w": [1]})
+    assert len(t.calls) == 1 and sleeps == []
+
+
 def test_5xx_is_retried_for_reads_and_steps_with_backoff(sleeps):
     t = Scripted(503, 500, 200)
     assert make(t).optimizers.list() == [] and len(t.calls) == 3
