@@ -22,6 +22,7 @@ from client.types import (  # noqa: E402
     Alias,
     CheckpointFile,
     Job,
+    JobCurve,
     JobEvent,
     JobProgress,
     JobResult,
@@ -47,7 +48,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Alias", "AsyncClient", "CheckpointFile", "Client", "Job", "JobEvent", "JobProgress", "JobResult",
+    "Alias", "AsyncClient", "CheckpointFile", "Client", "Job", "JobCurve", "JobEvent", "JobProgress", "JobResult",
     "LocalOptimizer", "Optimizer", "PinnedVersion", "RemoteOptimizer", "RequestOptions", "Session", "SessionState",
     "StepResult", "Version", *_errors,
 ]

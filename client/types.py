@@ -243,6 +243,20 @@ class Job:
 
 
 @dataclass(frozen=True)
+class JobCurve:
+    """A job's meta-training curves so far: an entry per iteration trained, the validation loss only
+    where validation ran (None elsewhere)."""
+
+    iterations: list[int]
+    meta_loss: list[float | None]
+    eval_loss: list[float | None]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobCurve:
+        return cls(list(data["iterations"]), list(data["meta_loss"]), list(data["eval_loss"]))
+
+
+@dataclass(frozen=True)
 class JobEvent:
     event: str                 # "progress" while the job runs, "end" once with the finished job
     job: Job

@@ -22,7 +22,7 @@ from client._base import RequestOptions
 from client._exceptions import APIResponseError, APITimeoutError
 from client._progress import ProgressBar
 from client.resources._resource import AsyncResource, SyncResource, segment
-from client.types import Job, JobEvent
+from client.types import Job, JobCurve, JobEvent
 
 BASE = "/v1/jobs"
 
@@ -36,6 +36,10 @@ def _submit(spec: Mapping[str, Any] | None, fields: dict[str, Any]) -> RequestOp
 
 def _list(state: str | None, limit: int) -> RequestOptions:
     return RequestOptions("GET", BASE, params={"limit": limit, **({"state": state} if state else {})})
+
+
+def _curve(job_id: str) -> RequestOptions:
+    return RequestOptions("GET", f"{BASE}/{segment(job_id)}/curve")
 
 
 def _events(job_id: str, timeout: float | None) -> RequestOptions:
@@ -126,6 +130,10 @@ class Jobs(SyncResource):
         return Job.from_json(self._client.json_of(
             self._client.send(RequestOptions("POST", f"{BASE}/{segment(job_id)}/cancel"))))
 
+    def curve(self, job_id: str) -> JobCurve:
+        """Meta-loss and validation loss at every iteration trained so far."""
+        return JobCurve.from_json(self._client.json_of(self._client.send(_curve(job_id))))
+
     def events(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobEvent]:
         """The job's progress as it happens, ending with the `end` event. `timeout`: most seconds to wait
         for the next line (the server sends a keep-alive every 15 s)."""
@@ -169,6 +177,9 @@ class AsyncJobs(AsyncResource):
     async def cancel(self, job_id: str) -> Job:
         return Job.from_json(self._client.json_of(
             await self._client.send(RequestOptions("POST", f"{BASE}/{segment(job_id)}/cancel"))))
+
+    async def curve(self, job_id: str) -> JobCurve:
+        return JobCurve.from_json(self._client.json_of(await self._client.send(_curve(job_id))))
 
     async def events(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:
         response = await self._client.send(_events(job_id, timeout))

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.registry.models import Job
+from service.registry.models import Job, JobPoint
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -58,3 +58,18 @@ class JobOut(BaseModel):
             error=job.error, result=result, cancel_requested=job.cancel_requested, attempts=job.attempts,
             device=job.device, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
             spec=job.spec)
+
+
+class JobCurve(BaseModel):
+    """A job's meta-training curves so far, one entry per iteration trained (after a resume, the
+    iterations as they were trained again)."""
+
+    iterations: list[int]
+    meta_loss: list[float | None] = Field(description="each iteration's meta-loss (null if it was not finite)")
+    eval_loss: list[float | None] = Field(description="the validation loss where validation ran "
+                                                      "(every eval_every iterations and the last), else null")
+
+    @classmethod
+    def of(cls, points: list[JobPoint]) -> JobCurve:
+        return cls(iterations=[p.iteration for p in points], meta_loss=[p.meta_loss for p in points],
+                   eval_loss=[p.eval_loss for p in points])

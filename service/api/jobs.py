@@ -3,6 +3,7 @@
     POST /v1/jobs                 a job spec -> the queued job (scope `train`)
     GET  /v1/jobs                 the caller's jobs, newest first (every job for `admin` keys)
     GET  /v1/jobs/{id}            state, progress, error, the version it produced
+    GET  /v1/jobs/{id}/curve      meta-loss and validation loss at every iteration trained so far
     GET  /v1/jobs/{id}/events     server-sent events: `progress` whenever the job changes, then `end`
     POST /v1/jobs/{id}/cancel     a queued job never starts; a running one stops before its next iteration
 
@@ -25,7 +26,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from service.api.deps import CurrentKey, DbSession, TrainKey
-from service.api.job_schemas import JobOut, JobState
+from service.api.job_schemas import JobCurve, JobOut, JobState
 from service.config import Settings
 from service.errors import Forbidden
 from service.jobs import repository as repo
@@ -93,6 +94,12 @@ def list_jobs(db: DbSession, key: ReaderKey, state: JobState | None = None,
 @router.get("/{job_id}")
 def get_job(job_id: str, db: DbSession, key: ReaderKey) -> JobOut:
     return _out(db, jobs.get(db, key, job_id))
+
+
+@router.get("/{job_id}/curve")
+def job_curve(job_id: str, db: DbSession, key: ReaderKey) -> JobCurve:
+    jobs.get(db, key, job_id)
+    return JobCurve.of(repo.points(db, job_id))
 
 
 @router.post("/{job_id}/cancel")

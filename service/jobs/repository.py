@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
-from service.registry.models import Job, Optimizer, OptimizerVersion, utcnow
+from service.registry.models import Job, JobPoint, Optimizer, OptimizerVersion, utcnow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -120,6 +120,20 @@ def update_running(db: Session, job_id: str, owner: str, **values: Any) -> bool:
     """Progress, phase, resume checkpoint...: written only while `owner` holds the lease."""
     values.setdefault("heartbeat_at", utcnow())
     return _set(db, job_id, [Job.lease_owner == owner, Job.state == RUNNING], values)
+
+
+def add_point(db: Session, job_id: str, iteration: int, meta_loss: float | None, eval_loss: float | None) -> None:
+    db.add(JobPoint(job_id=job_id, iteration=iteration, meta_loss=meta_loss, eval_loss=eval_loss))
+    db.flush()
+
+
+def drop_points_after(db: Session, job_id: str, iteration: int) -> None:
+    """Forget the iterations a resumed job will train again (those after its resume checkpoint)."""
+    db.execute(delete(JobPoint).where(JobPoint.job_id == job_id, JobPoint.iteration > iteration))
+
+
+def points(db: Session, job_id: str) -> list[JobPoint]:
+    return list(db.scalars(select(JobPoint).where(JobPoint.job_id == job_id).order_by(JobPoint.iteration)))
 
 
 def control(db: Session, job_id: str) -> Control | None:

@@ -193,6 +193,9 @@ class _Run:
         self.write(phase="training", device=self.config.device, total_iterations=settings.iterations,
                    iteration=self.start_iteration,
                    resumed_from=self.start_iteration if resume is not None or job.iteration > 0 else None)
+        with self.db.session() as s:   # iterations past the resume point are trained again
+            repo.drop_points_after(s, self.job_id, self.start_iteration)
+            s.commit()
         try:
             result = meta_train(family, spec.optimizer_config(), settings, progress=self._progress, resume=resume,
                                 on_resume_checkpoint=self._save_resume, should_stop=self._should_stop)
@@ -248,7 +251,7 @@ class _Run:
         }
         if p.eval_loss is not None:
             values["eval_loss"] = finite_or_none(p.eval_loss)
-        self.write(**values)
+        self.write(point=(p.iteration, values["meta_loss"], finite_or_none(p.eval_loss)), **values)
 
     def _save_resume(self, checkpoint: ResumeCheckpoint) -> None:
         self.write(resume_checkpoint=checkpoint.to_bytes())
@@ -285,9 +288,12 @@ class _Run:
         log.info("job %s %s%s", self.job_id, outcome.value, f": {values['error']}" if "error" in values else "")
         return outcome
 
-    def write(self, **values: Any) -> None:
+    def write(self, point: tuple[int, float | None, float | None] | None = None, **values: Any) -> None:
+        """Write to the job's row (and add a point to its curves) while this worker holds the lease."""
         with self.db.session() as s:
             held = repo.update_running(s, self.job_id, self.owner, **values)
+            if held and point is not None:
+                repo.add_point(s, self.job_id, *point)
             s.commit()
         if not held:
             raise LeaseLost(self.job_id)

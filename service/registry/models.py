@@ -174,3 +174,15 @@ class Job(Base):
     eta_s: Mapped[float | None] = mapped_column(Float)
     phase: Mapped[str | None] = mapped_column(String(16))
     device: Mapped[str | None] = mapped_column(String(32))
+
+
+class JobPoint(Base):
+    """One meta-training iteration of a job: its meta-loss and, where validation ran, the validation loss.
+    The job's curves are read from these, so they outlive the page that watched them being drawn."""
+
+    __tablename__ = "job_points"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(primary_key=True)
+    meta_loss: Mapped[float | None] = mapped_column(Float)
+    eval_loss: Mapped[float | None] = mapped_column(Float)

@@ -51,5 +51,6 @@ async def test_jobs(async_l2o: AsyncClient):
     assert done.result.reference == "async-job:1"
     assert [j.id for j in await async_l2o.jobs.list(state="succeeded")] == [job.id]
     assert (await async_l2o.jobs.get(job.id)).state == "succeeded"
+    assert (await async_l2o.jobs.curve(job.id)).iterations == list(range(1, done.progress.total_iterations + 1))
     with pytest.raises(client.JobFinishedError):
         await async_l2o.jobs.cancel(job.id)

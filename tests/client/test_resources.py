@@ -215,6 +215,9 @@ def test_jobs_submit_events_wait_list_get(l2o: Client, capsys):
     assert [j.id for j in l2o.jobs.list()] == [job.id]
     assert l2o.jobs.list(state="running") == []
     assert l2o.jobs.get(job.id).finished_at is not None
+    curve = l2o.jobs.curve(job.id)
+    assert curve.iterations == [1, 2, 3, 4] and curve.meta_loss[-1] == done.progress.meta_loss
+    assert curve.eval_loss[-1] == done.progress.eval_loss
     with pytest.raises(client.JobFinishedError):
         l2o.jobs.cancel(job.id)
 

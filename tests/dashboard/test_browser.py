@@ -203,6 +203,17 @@ def test_a_job_submitted_from_the_form_runs_to_succeeded(browser_page, api, eval
     expect(page.locator("#eval-chart canvas")).to_be_visible()
     assert chart_info(page, "#eval-chart")["points"][0] == 11
     w.shot("job-succeeded")
+    # Opened again once the job has ended, the page draws every iteration from the stored curve, the
+    # validation losses where validation ran.
+    w.goto(f"/ui/jobs/{job_id}")
+    expect(page.locator("#eval-chart canvas")).to_be_visible()
+    info = chart_info(page, "#train-chart")
+    curve = api.get(f"/v1/jobs/{job_id}/curve").json()
+    assert info["x"] == list(range(1, 25)) == curve["iterations"]
+    validation = [v for v in curve["eval_loss"] if v is not None]
+    assert len(validation) == 4 and [v for v in info["values"][1] if v is not None] == pytest.approx(validation)
+    assert info["values"][0] == pytest.approx(curve["meta_loss"])
+    expect(page.locator("#train-caption")).to_have_text("28 points")   # 24 meta-losses, 4 validation losses
 
     w.goto("/ui/jobs")
     row = page.locator(f'#jobs tr[data-job="{job_id}"]')

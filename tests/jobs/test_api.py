@@ -61,6 +61,14 @@ def test_tiny_job_end_to_end(client, train_headers, workers):
         updates, _ = step(checkpoint.config, checkpoint.weights, grads, init(checkpoint.config, 7))
     assert torch.isfinite(updates).all()
 
+    # Its curves hold every iteration, the validation loss where validation ran (every 3 and the last), and
+    # end on the losses the job reports.
+    curve = client.get(f"/v1/jobs/{job['id']}/curve", headers=train_headers).json()
+    assert curve["iterations"] == [1, 2, 3, 4, 5, 6]
+    assert all(loss is not None and loss > 0 for loss in curve["meta_loss"])
+    assert [i for i, loss in zip(curve["iterations"], curve["eval_loss"], strict=True) if loss is not None] == [3, 6]
+    assert curve["meta_loss"][-1] == p["meta_loss"] and curve["eval_loss"][-1] == p["eval_loss"]
+
     # A finished job cannot be cancelled.
     refused = client.post(f"/v1/jobs/{job['id']}/cancel", headers=train_headers)
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_finished"
@@ -110,7 +118,7 @@ def test_jobs_belong_to_their_key(client, make_key, train_headers):
     job = submit(client, train_headers, tiny_spec("mine", training={"iterations": 2, "eval_every": 1}))
     other = {"Authorization": f"Bearer {make_key('train', name='other')}"}
     admin = {"Authorization": f"Bearer {make_key('admin', name='admin')}"}
-    for method, path in [("GET", ""), ("GET", "/events"), ("POST", "/cancel")]:
+    for method, path in [("GET", ""), ("GET", "/events"), ("GET", "/curve"), ("POST", "/cancel")]:
         response = client.request(method, f"/v1/jobs/{job['id']}{path}", headers=other)
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
     assert client.get("/v1/jobs", headers=other).json() == []
@@ -119,6 +127,10 @@ def test_jobs_belong_to_their_key(client, make_key, train_headers):
     assert [j["id"] for j in client.get("/v1/jobs", headers=admin).json()] == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=admin).status_code == 200
     assert client.get("/v1/jobs/nope", headers=admin).status_code == 404
+    assert client.get("/v1/jobs/nope/curve", headers=admin).json()["error"]["code"] == "job_not_found"
+    curve = client.get(f"/v1/jobs/{job['id']}/curve", headers=admin)
+    assert curve.status_code == 200 and curve.json() == client.get(f"/v1/jobs/{job['id']}/curve",
+                                                                   headers=train_headers).json()
 
 
 def test_job_routes_need_a_key_with_scope(client, make_key):

@@ -117,6 +117,16 @@ def test_killed_worker_resumes_from_its_checkpoint(settings, tmp_path):
     assert done.resumed_from == at and done.attempts == 2 and done.iteration == 40
     assert done.resume_checkpoint is None and done.lease_owner is None
     assert versions_of(settings, job_id) == 1
+    # The curve has each iteration once: those the killed worker trained past its checkpoint were dropped
+    # and trained again.
+    db = Database(settings.db_url)
+    try:
+        with db.session() as s:
+            points = repo.points(s, job_id)
+    finally:
+        db.dispose()
+    assert [p.iteration for p in points] == list(range(1, 41))
+    assert [p.iteration for p in points if p.eval_loss is not None] == [10, 20, 30, 40]
 
 
 class Runner:

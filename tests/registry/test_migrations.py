@@ -12,7 +12,7 @@ from service.registry import migrate
 from service.registry.db import make_engine
 from service.registry.models import Base
 
-TABLES = {"api_keys", "optimizers", "optimizer_versions", "aliases", "jobs"}
+TABLES = {"api_keys", "optimizers", "optimizer_versions", "aliases", "jobs", "job_points"}
 
 
 def tables(url: str) -> set[str]:

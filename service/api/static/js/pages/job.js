@@ -12,8 +12,8 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const stream = new AbortController();
 addEventListener("pagehide", () => stream.abort());
 
-// The server keeps only a job's latest meta-loss and validation loss, so the curves are the values seen
-// while this page is open: iteration -> {meta, eval}.
+// The curves, iteration -> {meta, eval}: read from GET /v1/jobs/{id}/curve when the page opens, then
+// extended by each iteration the event stream reports.
 const history = new Map();
 let job = null;
 let chart = null;
@@ -30,12 +30,18 @@ function record(j) {
   if (at >= 1 && p.eval_loss !== null) history.set(at, { ...history.get(at), eval: p.eval_loss });
 }
 
+function seed(curve) {
+  curve.iterations.forEach((iteration, k) => {
+    history.set(iteration, { meta: curve.meta_loss[k], eval: curve.eval_loss[k] ?? undefined });
+  });
+}
+
 function drawCurves() {
   const iterations = [...history.keys()].sort((a, b) => a - b);
   const data = [iterations, iterations.map((i) => history.get(i).meta ?? null),
     iterations.map((i) => history.get(i).eval ?? null)];
   const el = $("#train-chart");
-  const empty = TERMINAL.has(job.state) ? "No curve: it is drawn live while the job runs and this page is open"
+  const empty = TERMINAL.has(job.state) ? "No curve: the job ended before its first iteration"
     : "Waiting for the first iteration…";
   if (!chart) {
     chart = lossChart(el, {
@@ -50,7 +56,8 @@ function drawCurves() {
     updateChart(el, data);
   }
   const n = pointCount(chart);
-  fill($("#train-caption"), n ? `${n} point${n === 1 ? "" : "s"}, drawn live from the event stream` : "");
+  fill($("#train-caption"), n ? `${n} point${n === 1 ? "" : "s"}${TERMINAL.has(job.state) ? ""
+    : ", updated live from the event stream"}` : "");
 }
 
 function statsOf(j) {
@@ -176,7 +183,9 @@ async function main() {
   $("#cancel").addEventListener("click", askCancel);
   $("#cancel-yes").addEventListener("click", cancel);
   $("#cancel-keep").addEventListener("click", () => { $("#cancel-confirm").hidden = true; });
-  render(await api(`/v1/jobs/${id}`));
+  const [j, curve] = await Promise.all([api(`/v1/jobs/${id}`), api(`/v1/jobs/${id}/curve`)]);
+  seed(curve);
+  render(j);
   setStatus("");
   await follow();
 }
