@@ -123,7 +123,7 @@ class BaseClient:
                 error, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
         assert response is not None
         if response.status_code == 429:
-            if error_code(response) == "too_many_sessions":
+            if error_of(response).get("code") == "too_many_sessions":
                 return False  # waiting frees no session: the caller must delete one (or let one expire)
             # Refused before any work was done; but a wait longer than the cap is the caller's to decide.
             after = retry_after(response)
@@ -155,12 +155,8 @@ class BaseClient:
 
     def status_error(self, response: httpx.Response, options: RequestOptions) -> APIStatusError:
         """The exception for an error answer (its body already read)."""
-        code, message, detail = None, None, None
-        try:
-            error = response.json()["error"]
-            code, message, detail = error.get("code"), error.get("message"), error.get("detail")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass
+        error = error_of(response)
+        code, message, detail = error.get("code"), error.get("message"), error.get("detail")
         if not message:
             message = (response.text[:300].strip() or response.reason_phrase
                        or f"HTTP {response.status_code}")
@@ -189,12 +185,14 @@ class BaseClient:
         self._own_sessions.discard(session_id)
 
 
-def error_code(response: httpx.Response) -> str | None:
-    """The `code` of an l2o error answer (its body already read), or None for anything else."""
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """The `error` object of an l2o error answer (its body already read); empty for anything else (a proxy's
+    page, say)."""
     try:
-        return response.json()["error"]["code"]
+        error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
-        return None
+        return {}
+    return error if isinstance(error, dict) else {}
 
 
 def retry_after(response: httpx.Response) -> float | None:

@@ -192,10 +192,8 @@ class _Run:
             log.info("job %s: resuming at iteration %d", self.job_id, resume.iteration)
         self.write(phase="training", device=self.config.device, total_iterations=settings.iterations,
                    iteration=self.start_iteration,
-                   resumed_from=self.start_iteration if resume is not None or job.iteration > 0 else None)
-        with self.db.session() as s:   # iterations past the resume point are trained again
-            repo.drop_points_after(s, self.job_id, self.start_iteration)
-            s.commit()
+                   resumed_from=self.start_iteration if resume is not None or job.iteration > 0 else None,
+                   curve_from=self.start_iteration)
         try:
             result = meta_train(family, spec.optimizer_config(), settings, progress=self._progress, resume=resume,
                                 on_resume_checkpoint=self._save_resume, should_stop=self._should_stop)
@@ -288,10 +286,14 @@ class _Run:
         log.info("job %s %s%s", self.job_id, outcome.value, f": {values['error']}" if "error" in values else "")
         return outcome
 
-    def write(self, point: tuple[int, float | None, float | None] | None = None, **values: Any) -> None:
-        """Write to the job's row (and add a point to its curves) while this worker holds the lease."""
+    def write(self, point: tuple[int, float | None, float | None] | None = None, curve_from: int | None = None,
+              **values: Any) -> None:
+        """Write to the job's row while this worker holds the lease, in the same transaction adding a point to
+        its curves, or dropping the points after `curve_from` (iterations a resumed job trains again)."""
         with self.db.session() as s:
             held = repo.update_running(s, self.job_id, self.owner, **values)
+            if held and curve_from is not None:
+                repo.drop_points_after(s, self.job_id, curve_from)
             if held and point is not None:
                 repo.add_point(s, self.job_id, *point)
             s.commit()
