@@ -27,7 +27,7 @@ from service.errors import DatabaseNotReady, Forbidden, Unauthorized
 from service.registry import keys
 from service.registry.db import UNREACHABLE
 from service.registry.keys import Scope
-from service.registry.models import ApiKey
+from service.registry.models import KeyGrant
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer l2o_...`")
 
@@ -46,7 +46,7 @@ AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
 def current_key(request: Request,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> KeyGrant:
     if credentials is None:
         if request.headers.get("authorization"):
             raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
@@ -70,15 +70,15 @@ def current_key(request: Request,
     return key
 
 
-CurrentKey = Annotated[ApiKey, Depends(current_key)]
+CurrentKey = Annotated[KeyGrant, Depends(current_key)]
 
 
-def require_scope(scope: Scope) -> Callable[[ApiKey], ApiKey]:
+def require_scope(scope: Scope) -> Callable[[KeyGrant], KeyGrant]:
     """A dependency that passes the caller's key on when it holds `scope`, else 403."""
     if scope not in keys.SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
-    async def key_with_scope(key: CurrentKey) -> ApiKey:
+    async def key_with_scope(key: CurrentKey) -> KeyGrant:
         if not key.has_scope(scope):
             raise Forbidden(f"this API key lacks the {scope!r} scope",
                             detail={"required": scope, "granted": key.scopes})
@@ -88,9 +88,9 @@ def require_scope(scope: Scope) -> Callable[[ApiKey], ApiKey]:
     return key_with_scope
 
 
-AdminKey = Annotated[ApiKey, Depends(require_scope("admin"))]
-OptimizeKey = Annotated[ApiKey, Depends(require_scope("optimize"))]
-TrainKey = Annotated[ApiKey, Depends(require_scope("train"))]
+AdminKey = Annotated[KeyGrant, Depends(require_scope("admin"))]
+OptimizeKey = Annotated[KeyGrant, Depends(require_scope("optimize"))]
+TrainKey = Annotated[KeyGrant, Depends(require_scope("train"))]
 
 
 def version_in_use_check(request: Request) -> Callable[[int], bool]:

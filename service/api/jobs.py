@@ -34,7 +34,7 @@ from service.jobs import service as jobs
 from service.jobs.executor import Executor, make_executor
 from service.jobs.spec import JobSpec
 from service.registry.db import Database
-from service.registry.models import ApiKey, Job
+from service.registry.models import Job, KeyGrant
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_S = 15.0
 
 
-async def reader_key(key: CurrentKey) -> ApiKey:
+async def reader_key(key: CurrentKey) -> KeyGrant:
     if not (key.has_scope("train") or key.has_scope("admin")):
         raise Forbidden("reading jobs needs the 'train' or 'admin' scope",
                         detail={"required": ["train", "admin"], "granted": key.scopes})
     return key
 
 
-ReaderKey = Annotated[ApiKey, Depends(reader_key)]
+ReaderKey = Annotated[KeyGrant, Depends(reader_key)]
 
 
 @asynccontextmanager
@@ -122,7 +122,7 @@ def job_events(job_id: str, request: Request, db: DbSession, key: ReaderKey) -> 
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _events(request: Request, db: Database, key: ApiKey, job_id: str, poll_s: float) -> AsyncIterator[str]:
+async def _events(request: Request, db: Database, key: KeyGrant, job_id: str, poll_s: float) -> AsyncIterator[str]:
     def read() -> JobOut:
         with db.session() as s:
             return _out(s, jobs.get(s, key, job_id))

@@ -12,24 +12,22 @@ import threading
 import time
 from collections.abc import Callable
 
-from service.registry.models import ApiKey
+from service.registry.models import KeyGrant
 
 
 class KeyCache:
     def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.grace_s, self.clock = grace_s, clock
-        self._seen: dict[str, tuple[ApiKey, float]] = {}  # key hash -> (a detached copy, when checked)
+        self._seen: dict[str, tuple[KeyGrant, float]] = {}  # key hash -> (the key, when checked)
         self._lock = threading.Lock()
 
-    def remember(self, row: ApiKey) -> None:
+    def remember(self, key: KeyGrant) -> None:
         if self.grace_s <= 0:
             return
-        copy = ApiKey(id=row.id, name=row.name, prefix=row.prefix, key_hash=row.key_hash, scopes=list(row.scopes),
-                      created_at=row.created_at, revoked_at=None)
         with self._lock:
-            self._seen[row.key_hash] = (copy, self.clock())
+            self._seen[key.key_hash] = (key, self.clock())
 
-    def recall(self, key_hash: str) -> ApiKey | None:
+    def recall(self, key_hash: str) -> KeyGrant | None:
         """The key checked valid within the grace period, else None."""
         with self._lock:
             seen = self._seen.get(key_hash)

@@ -12,22 +12,22 @@ from sqlalchemy.orm import Session
 from service.errors import JobFinished, JobNotFound, ValidationError
 from service.jobs import repository as repo
 from service.jobs.spec import JobSpec
-from service.registry.models import ApiKey, Job
+from service.registry.models import Job, KeyGrant
 
 
-def submit(db: Session, key: ApiKey, spec: JobSpec) -> Job:
+def submit(db: Session, key: KeyGrant, spec: JobSpec) -> Job:
     return repo.add_job(db, Job(key_id=key.id, spec=spec.model_dump(mode="json"), state=repo.QUEUED,
                                 total_iterations=spec.training.iterations))
 
 
-def get(db: Session, key: ApiKey, job_id: str) -> Job:
+def get(db: Session, key: KeyGrant, job_id: str) -> Job:
     job = repo.get_job(db, job_id)
     if job is None or not (key.has_scope("admin") or job.key_id == key.id):
         raise JobNotFound(f"no job {job_id!r}", detail={"id": job_id})
     return job
 
 
-def list_jobs(db: Session, key: ApiKey, *, state: str | None = None, limit: int = 100) -> list[Job]:
+def list_jobs(db: Session, key: KeyGrant, *, state: str | None = None, limit: int = 100) -> list[Job]:
     if state is not None and state not in repo.STATES:
         raise ValidationError(f"unknown job state {state!r}: choose from {', '.join(repo.STATES)}",
                               detail={"state": state, "allowed": list(repo.STATES)})
@@ -35,7 +35,7 @@ def list_jobs(db: Session, key: ApiKey, *, state: str | None = None, limit: int 
     return repo.list_jobs(db, key_id=key_id, state=state, limit=limit)
 
 
-def cancel(db: Session, key: ApiKey, job_id: str) -> Job:
+def cancel(db: Session, key: KeyGrant, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one is flagged and stops before its next iteration.
     Cancelling a cancelled job is a no-op; a job that already succeeded or failed cannot be cancelled."""
     job = get(db, key, job_id)

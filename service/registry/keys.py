@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import NotFound, Unauthorized, ValidationError
 from service.registry import repository
-from service.registry.models import ApiKey, utcnow
+from service.registry.models import ApiKey, KeyGrant, utcnow
 
 Scope = Literal["optimize", "train", "admin"]
 SCOPES: tuple[str, ...] = get_args(Scope)
@@ -55,15 +55,14 @@ def create_key(db: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, s
     return row, key
 
 
-def authenticate(db: Session | Connection, key: str) -> ApiKey:
-    """The live key for `key` (a detached copy), else Unauthorized (the message does not say which keys
-    exist)."""
+def authenticate(db: Session | Connection, key: str) -> KeyGrant:
+    """The live key for `key`, else Unauthorized (the message does not say which keys exist)."""
     digest = hash_key(key)
     row = repository.get_key_by_hash(db, digest)
     # The lookup is by hash already; the constant-time compare keeps the check itself free of timing leaks.
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         raise Unauthorized("invalid API key")
-    if row.revoked_at is not None:
+    if row.revoked:
         raise Unauthorized("this API key has been revoked")
     return row
 

@@ -4,6 +4,7 @@ these models must match them (tests/registry/test_migrations.py checks that they
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +77,23 @@ class ApiKey(Base):
     scopes: Mapped[list[str]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """An ApiKey row as the request path reads it: who the caller is and what it may do. A plain immutable
+    value, so the outage cache can hold it and threads can share it, and it costs no ORM bookkeeping on
+    the one query every request makes."""
+
+    id: int
+    name: str
+    prefix: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    revoked: bool = False
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes

@@ -51,7 +51,7 @@ def test_keys_create_list_revoke(env, capsys):
     try:
         with db.session() as s:
             row = keys.authenticate(s, key)
-            assert row.scopes == ["optimize", "train"] and row.name == "ci"
+            assert row.scopes == ("optimize", "train") and row.name == "ci"
     finally:
         db.dispose()
     assert main(["keys", "list"]) == 0

@@ -94,17 +94,17 @@ def test_steps_go_on_while_the_database_is_away_and_the_registry_recovers(postgr
 
 def test_the_outage_grace_covers_only_keys_checked_recently():
     from service.api.key_cache import KeyCache
-    from service.registry.models import ApiKey
+    from service.registry.models import KeyGrant
     from tests.sessions.fakes import FakeClock
 
     clock = FakeClock(0.0)
     cache = KeyCache(grace_s=300, clock=clock)
-    row = ApiKey(id=7, name="k", prefix="l2o_abcdefgh", key_hash="h" * 64, scopes=["optimize"])
+    row = KeyGrant(id=7, name="k", prefix="l2o_abcdefgh", key_hash="h" * 64, scopes=("optimize",))
     assert cache.recall(row.key_hash) is None  # never checked: no grace
     cache.remember(row)
     clock.advance(299)
     recalled = cache.recall(row.key_hash)
-    assert recalled is not row and (recalled.id, recalled.scopes) == (7, ["optimize"])
+    assert (recalled.id, recalled.scopes) == (7, ("optimize",))
     clock.advance(2)
     assert cache.recall(row.key_hash) is None  # checked too long ago
     off = KeyCache(grace_s=0)
