@@ -17,6 +17,7 @@ import httpx
 
 from client._base import BaseClient, RequestOptions
 from client._constants import DEFAULT_MAX_RETRIES
+from client._http11 import Http11Transport
 from client.resources.jobs import AsyncJobs, Jobs
 from client.resources.optimizers import AsyncOptimizers, Optimizers
 from client.resources.sessions import AsyncSessions, Sessions
@@ -24,7 +25,8 @@ from client.resources.sessions import AsyncSessions, Sessions
 
 class Client(BaseClient):
     """A blocking client. `http_client` (any httpx.Client, e.g. a TestClient) or `transport` replace the
-    default connection pool; the client closes only what it created."""
+    default connection pool (Http11Transport: kept-alive sockets, bodies read in one piece); the client
+    closes only what it created."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float | httpx.Timeout | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
@@ -32,7 +34,7 @@ class Client(BaseClient):
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(transport=transport, follow_redirects=True)
+        self._http = http_client or httpx.Client(transport=transport or Http11Transport(), follow_redirects=True)
         self.optimizers = Optimizers(self)
         self.sessions = Sessions(self)
         self.jobs = Jobs(self)

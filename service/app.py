@@ -32,6 +32,7 @@ from service.api.body import BodyLimitMiddleware
 from service.api.key_cache import KeyCache
 from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
+from service.api.shortcut import StepShortcut
 from service.config import Settings
 from service.errors import DatabaseNotReady, L2OError
 from service.metrics import MetricsMiddleware
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = {"database": lambda: check_database(app.state.db)}
     app.state.rate_limiter = None  # set by rate_limit_component when L2O_RATE_LIMIT_PER_S > 0
     app.state.key_cache = KeyCache(settings.auth_grace_s)
+    app.add_middleware(StepShortcut)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     for router in ROUTERS:

@@ -12,9 +12,12 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from service.errors import PayloadTooLarge
+from service.errors import MalformedBody, PayloadTooLarge
 
 LIMIT_SCOPE_KEY = "l2o.body_limit"  # (bytes, setting) for the current request
+# A body that declares its size up to this is read into a buffer of that size; a larger one grows as it
+# arrives, so a client cannot make the server hold memory for bytes it never sends.
+PREALLOCATE_BYTES = 16 * 1024 * 1024
 
 
 async def read_body(request: Request, limit: int, setting: str) -> bytearray:
@@ -22,8 +25,22 @@ async def read_body(request: Request, limit: int, setting: str) -> bytearray:
     declared Content-Length or the bytes counted so far pass `limit`."""
     request.scope[LIMIT_SCOPE_KEY] = (limit, setting)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit, setting)
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > limit:
+        raise _too_large(size, limit, setting)
+    if size is not None and size <= PREALLOCATE_BYTES:
+        # The declared size at once (the server enforces it): each piece is copied once, into place,
+        # where a growing buffer would copy the body again each time it moves.
+        body = bytearray(size)
+        view, got = memoryview(body), 0
+        async for chunk in request.stream():
+            if got + len(chunk) > size:
+                raise MalformedBody(f"the request body is longer than its Content-Length of {size} bytes")
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        view.release()
+        del body[got:]
+        return body
     body = bytearray()
     async for chunk in request.stream():
         body += chunk

@@ -88,8 +88,9 @@ def require_scope(scope: Scope) -> Callable[[KeyGrant], KeyGrant]:
     return key_with_scope
 
 
+OPTIMIZE_SCOPE = require_scope("optimize")
 AdminKey = Annotated[KeyGrant, Depends(require_scope("admin"))]
-OptimizeKey = Annotated[KeyGrant, Depends(require_scope("optimize"))]
+OptimizeKey = Annotated[KeyGrant, Depends(OPTIMIZE_SCOPE)]
 TrainKey = Annotated[KeyGrant, Depends(require_scope("train"))]
 
 

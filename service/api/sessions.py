@@ -122,7 +122,8 @@ async def step(session_id: str, request: Request, key: OptimizeKey, sessions: Se
     fmt = wire.format_of(request.headers.get("content-type"))
     raw = await read_body(request, settings.step_max_body_bytes, "L2O_STEP_MAX_BODY_BYTES")
     answer = await sessions.step(str(key.id), session_id, raw, fmt)
-    return Response(answer.body, media_type=answer.content_type, headers=NO_STORE)
+    # A memoryview: Starlette sends it as it is (a binary answer is a bytearray the step wrote into).
+    return Response(memoryview(answer.body), media_type=answer.content_type, headers=NO_STORE)
 
 
 @router.get("/{session_id}/state", response_class=Response,

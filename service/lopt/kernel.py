@@ -46,6 +46,7 @@ from service.lopt.config import OptimizerConfig
 from service.lopt.functional import step_autograd
 from service.lopt.network import weight_shapes
 from service.lopt.state import LSTMState
+from service.lopt.tensors import all_finite
 
 BLOCK = 4096
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -166,13 +167,18 @@ class Segment:
 
 
 def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor],
-                        segments: Sequence[Segment]) -> None:
+                        segments: Sequence[Segment]) -> list[bool]:
     """`step_inference_` for every segment in one call (e.g. concurrent sessions on one optimizer
     version): the threads share all segments' coordinates, and each segment's results are
     bit-identical to a call on that segment alone. Segments share one state dtype and device; each
-    `out_state` follows `step_inference_`'s rules (it may be the segment's own state)."""
+    `out_state` follows `step_inference_`'s rules (it may be the segment's own state).
+
+    Returns, per segment, whether its gradients were all finite. A segment with a NaN or infinite
+    gradient still runs, but its results are meaningless: a caller must discard them (the server
+    answers 422 and keeps the old state). The native kernel checks as it reads the gradients, at no
+    extra pass over them."""
     if not segments:
-        return
+        return []
     _check_weights(config, weights)
     dtype, device = segments[0].state.hc.dtype, segments[0].state.hc.device
     parts = []
@@ -188,8 +194,8 @@ def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor
         parts.append((seg.grads.to(torch.float32).contiguous(), hc, seg.out_state, seg.out_updates))
     kind = backend(config, device)
     if kind == "native":
-        native.load(config).run_many(config, weights, parts, torch.get_num_threads())
-        return
+        return native.load(config).run_many(config, weights, parts, torch.get_num_threads())
+    finite = [all_finite(g) for g, _, _, _ in parts]
     # One buffer for all segments. On the torch path every segment starts on a block boundary, so each
     # block holds one segment's coordinates and zeros, exactly as in a call on that segment alone; the
     # compiled step is pointwise, so there segments simply follow one another.
@@ -209,6 +215,7 @@ def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor
     for start, (g, _, o_state, o_updates) in zip(offsets, parts, strict=True):
         o_state.copy_(out_hc[start:start + g.shape[0]])
         o_updates.copy_(out_u[start:start + g.shape[0]])
+    return finite
 
 
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:

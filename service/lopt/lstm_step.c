@@ -29,6 +29,27 @@
 #define VL 4
 #endif
 
+/* Hidden units per register block: 4 * JB gate accumulators stay in registers with the input vector
+   and a weight beside them. AVX-512 has 32 vector registers, AVX2 and SSE 16. */
+#ifndef JB
+#if VL == 16
+#define JB_MAX 5
+#else
+#define JB_MAX 2
+#endif
+#if JB_MAX >= 5 && HID % 5 == 0
+#define JB 5
+#elif JB_MAX >= 4 && HID % 4 == 0
+#define JB 4
+#elif JB_MAX >= 3 && HID % 3 == 0
+#define JB 3
+#elif HID % 2 == 0
+#define JB 2
+#else
+#define JB 1
+#endif
+#endif
+
 #define NF (NL * 2 * HID)          /* state floats per coordinate: (layer, h|c, unit) */
 #define NBLK (HID / JB)
 #define CHUNK_TILES 64             /* tiles a thread claims at a time */
@@ -52,6 +73,15 @@ static inline vf v_min(float hi, vf x) { return (vf)_mm512_min_ps(_mm512_set1_ps
 /* 1/d: a 14-bit estimate and one Newton step (about 1 ulp), far cheaper than a divide. */
 static inline vf v_rcp(vf d) {
     vf r = (vf)_mm512_rcp14_ps((__m512)d);
+    return r + r * (1.0f - d * r);
+}
+#elif VL == 8
+#include <immintrin.h>
+static inline vf v_max(float lo, vf x) { return (vf)_mm256_max_ps(_mm256_set1_ps(lo), (__m256)x); }
+static inline vf v_min(float hi, vf x) { return (vf)_mm256_min_ps(_mm256_set1_ps(hi), (__m256)x); }
+/* A 12-bit estimate and one Newton step (about 2 ulp): a divide costs several times as much on AVX2. */
+static inline vf v_rcp(vf d) {
+    vf r = (vf)_mm256_rcp_ps((__m256)d);
     return r + r * (1.0f - d * r);
 }
 #else
@@ -113,6 +143,7 @@ typedef struct {
     const float *head;             /* HID weights, then the bias */
     float threshold, exp_p, p, scale;
     int stream;                    /* write the new state around the cache (large, out-of-place steps) */
+    int32_t *nonfinite;            /* set to 1 when a gradient is NaN or infinite */
 } job_t;
 
 typedef uint32_t vu __attribute__((vector_size(VL * 4), aligned(VL * 4)));
@@ -211,6 +242,14 @@ static inline void stream_vec(void *dst, int dtype, int64_t index, vf v) {
     uint16_t h[VL] __attribute__((aligned(32)));
     store_vec(h, dtype, 0, v);
     _mm256_stream_si256((__m256i *)((uint16_t *)dst + index), *(__m256i *)h);
+#elif VL == 8
+    if (dtype == DT_F32) {
+        _mm256_stream_ps((float *)dst + index, (__m256)v);
+        return;
+    }
+    uint16_t h[VL] __attribute__((aligned(16)));
+    store_vec(h, dtype, 0, v);
+    _mm_stream_si128((__m128i *)((uint16_t *)dst + index), *(__m128i *)h);
 #else
     store_vec(dst, dtype, index, v);
 #endif
@@ -302,6 +341,12 @@ static void step_tile(const job_t *jb, int64_t base, int count) {
         memcpy(&g, jb->grads + base, sizeof g);
     else
         for (int r = 0; r < count; r++) g[r] = jb->grads[base + r];
+    /* The gradients are checked here, where they are read anyway, not in a pass of their own: g - g
+       is 0 for every finite g and NaN otherwise. */
+    vi bad = (g - g) != 0.0f;
+    int any = 0;
+    for (int r = 0; r < VL; r++) any |= bad[r];
+    if (any) __atomic_store_n(jb->nonfinite, 1, __ATOMIC_RELAXED);
     preprocess(jb, g, x);
     if (base + (PREFETCH_TILES + 1) * VL <= jb->n) {
         int size = jb->dtype == DT_F32 ? 4 : 2;
@@ -384,25 +429,30 @@ static void *worker(void *arg) {
             step_tile(jb, base, count);
         }
     }
-#if VL == 16
+#if VL >= 8
     _mm_sfence();   /* streamed stores are weakly ordered: finish them before the join */
 #endif
     return 0;
 }
 
 int l2o_lanes(void) { return VL; }
+int l2o_unit_block(void) { return JB; }
 
 #define MAX_SEGMENTS 4096
 
 /* One step over `nseg` segments of coordinates at once, on up to `threads` threads. Segment s has
    ns[s] coordinates and four arrays, ptrs[4s .. 4s+3]: grads, state_in, state_out, updates; state_in
    may be state_out (each tile is read before it is written). Every coordinate's result is what a
-   call on its segment alone gives (see the top of this file). A thread that cannot be started only
-   means fewer helpers: the calling thread takes whatever work is left, so the step always
-   completes. Returns 0; -1 when nseg is out of range, -2 when out of memory (nothing computed). */
+   call on its segment alone gives (see the top of this file). nonfinite[s] is set to 1 when a
+   gradient of segment s is NaN or infinite, else 0 (its results are then meaningless). A thread that
+   cannot be started only means fewer helpers: the calling thread takes whatever work is left, so the
+   step always completes. Returns 0; -1 when nseg is out of range, -2 when out of memory (nothing
+   computed). */
 int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, const float *weights,
-                  const float *head, float threshold, float exp_p, float p, float scale, int threads) {
+                  const float *head, float threshold, float exp_p, float p, float scale, int threads,
+                  int32_t *nonfinite) {
     if (nseg < 1 || nseg > MAX_SEGMENTS) return -1;
+    for (int s = 0; s < nseg; s++) nonfinite[s] = 0;
     job_t small_jobs[16];
     int64_t small_units[17];
     job_t *jobs = nseg <= 16 ? small_jobs : malloc(nseg * sizeof *jobs);
@@ -421,7 +471,7 @@ int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, con
         int stream = out != in && n * NF * size >= STREAM_BYTES && NF % VL == 0
                      && (uintptr_t)out % (VL * size) == 0;
         job_t jb = {n, (const float *)ptrs[4 * s], in, out, (float *)ptrs[4 * s + 3], dtype, weights, head,
-                    threshold, exp_p, p, scale, stream};
+                    threshold, exp_p, p, scale, stream, &nonfinite[s]};
         jobs[s] = jb;
         int64_t tiles = (n + VL - 1) / VL;
         first_unit[s + 1] = first_unit[s] + (tiles + CHUNK_TILES - 1) / CHUNK_TILES;

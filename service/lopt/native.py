@@ -32,7 +32,6 @@ SOURCE = Path(__file__).with_name("lstm_step.c")
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 MAX_SEGMENTS = 4096  # as lstm_step.c allows per call
-MAX_UNIT_BLOCK = 5   # 4 gates x 5 units = 20 accumulators: fits AVX-512's 32 registers with room to spare
 
 
 class NativeError(RuntimeError):
@@ -52,13 +51,9 @@ class Arch:
     def of(cls, config: OptimizerConfig) -> Arch:
         return cls(config.hidden_size, config.num_layers, config.input_size, config.preprocess == "log_sign")
 
-    @property
-    def unit_block(self) -> int:
-        return max(b for b in range(1, MAX_UNIT_BLOCK + 1) if self.hidden % b == 0)
-
     def defines(self) -> list[str]:
         return [f"-DHID={self.hidden}", f"-DNL={self.layers}", f"-DNIN={self.inputs}",
-                f"-DJB={self.unit_block}", f"-DLOG_SIGN={int(self.log_sign)}"]
+                f"-DLOG_SIGN={int(self.log_sign)}"]
 
 
 def cache_dir() -> Path:
@@ -134,9 +129,10 @@ class NativeKernel:
         many.restype = ctypes.c_int
         many.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                          ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
-                         ctypes.c_int]
+                         ctypes.c_int, ctypes.c_void_p]
         self.fn_many = many
         self.lanes = self.lib.l2o_lanes()
+        self.unit_block = self.lib.l2o_unit_block()   # the C source picks it for the host's registers
         self._packed: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
@@ -154,7 +150,7 @@ class NativeKernel:
             hit = self._packed.get(key)
         if hit is not None:
             return hit[1], hit[2]
-        h, jb = self.arch.hidden, self.arch.unit_block
+        h, jb = self.arch.hidden, self.unit_block
         parts = []
         for layer in range(self.arch.layers):
             w = weights[f"cell.{layer}.weight"].detach().to(torch.float32).cpu()
@@ -175,26 +171,32 @@ class NativeKernel:
         return packed, head
 
     def run(self, config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
-            hc_in: torch.Tensor, hc_out: torch.Tensor, updates: torch.Tensor, threads: int) -> None:
-        """grads: float32 (N,) contiguous; hc_in, hc_out: contiguous, same dtype (may be one tensor)."""
-        self.run_many(config, weights, [(grads, hc_in, hc_out, updates)], threads)
-
+            hc_in: torch.Tensor, hc_out: torch.Tensor, updates: torch.Tensor, threads: int) -> bool:
+        """grads: float32 (N,) contiguous; hc_in, hc_out: contiguous, same dtype (may be one tensor).
+        Returns whether every gradient was finite."""
+        return self.run_many(config, weights, [(grads, hc_in, hc_out, updates)], threads)[0]
 
     def run_many(self, config: OptimizerConfig, weights: dict[str, torch.Tensor],
-                 segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], threads: int) -> None:
+                 segments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                 threads: int) -> list[bool]:
         """One call over many (grads, hc_in, hc_out, updates) segments, each as `run` takes them, all of
-        one state dtype: the threads share the work of every segment."""
+        one state dtype: the threads share the work of every segment. Returns, per segment, whether
+        its gradients were all finite (the kernel checks them as it reads them)."""
         packed, head = self.pack(weights)
         p = float(config.preprocess_p)
+        finite: list[bool] = []
         for start in range(0, len(segments), MAX_SEGMENTS):
             part = segments[start:start + MAX_SEGMENTS]
             ns = (ctypes.c_int64 * len(part))(*(g.shape[0] for g, _, _, _ in part))
             ptrs = (ctypes.c_void_p * (4 * len(part)))(*(t.data_ptr() for seg in part for t in seg))
+            flags = (ctypes.c_int32 * len(part))()
             rc = self.fn_many(len(part), ns, ptrs, DTYPE_CODES[part[0][1].dtype], packed.data_ptr(),
                               head.data_ptr(), math.exp(-p), math.exp(p), p, float(config.output_scale),
-                              max(1, threads))
+                              max(1, threads), flags)
             if rc != 0:
                 raise MemoryError(f"the native step over {len(part)} segments failed (code {rc})")
+            finite.extend(flag == 0 for flag in flags)
+        return finite
 
 
 _kernels: dict[tuple, NativeKernel | NativeError] = {}   # by (hidden, layers, inputs, preprocess)

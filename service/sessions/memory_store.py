@@ -99,7 +99,7 @@ class MemoryStore(SessionStore):
             infos = [r.info for r in self._records.values() if r.info.owner == owner]
         return sorted(infos, key=lambda i: (i.created_at, i.id))
 
-    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes,
+    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes | bytearray,
                     answer_type: str, used_at: float) -> bool:
         with self._lock:
             record = self._records.get(session_id)

@@ -57,7 +57,7 @@ class SessionRecord:
 
     info: SessionInfo
     hc: torch.Tensor                      # info.state_dtype, info.state_shape
-    answer: bytes | None = None           # the bytes sent for step info.step - 1, replayed on a retry
+    answer: bytes | bytearray | None = None           # the bytes sent for step info.step - 1, replayed on a retry
     answer_type: str | None = None        # their Content-Type
 
     @property

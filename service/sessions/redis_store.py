@@ -156,10 +156,10 @@ class RedisStore(SessionStore):
         infos = [_info(*row) for row in pipe.execute() if row[0] is not None]
         return sorted(infos, key=lambda i: (i.created_at, i.id))
 
-    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes,
+    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes | bytearray,
                     answer_type: str, used_at: float) -> bool:
         done = self._commit(keys=[self._key("s", session_id), self.prefix + "used"],
-                            args=[str(expected_step), str(expected_step + 1), state_to_bytes(hc), answer,
+                            args=[str(expected_step), str(expected_step + 1), state_to_bytes(hc), bytes(answer),
                                   answer_type, repr(used_at), session_id])
         return done == 1
 

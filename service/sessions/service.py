@@ -77,7 +77,7 @@ class SessionLimits:
 
 @dataclass(frozen=True)
 class Answer:
-    body: bytes
+    body: bytes | bytearray
     content_type: str
 
 
@@ -103,6 +103,7 @@ class PendingStep:
     out_state: torch.Tensor
     updates: torch.Tensor
     keep: torch.Tensor           # the new state as the store commits it: out_state itself, or a host copy
+    answer: wire.SafetensorsAnswer | None   # a binary answer's body, allocated before the step
 
 
 class SessionService:
@@ -243,16 +244,14 @@ class SessionService:
         return wire.write_safetensors({"hc": record.hc}, meta)
 
     def _step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
-        work = self._prepare(owner, session_id, body, fmt)
-        if isinstance(work, Answer):
-            return work
-        kernel.step_inference_(work.config, work.weights, work.grads, LSTMState(work.state),
-                               out_state=work.out_state, out_updates=work.updates)
-        return self._finish(work)
+        result = self._step_many([StepRequest(owner, session_id, body, fmt)])[0]
+        if isinstance(result, L2OError):
+            raise result
+        return result
 
     def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | L2OError]:
         """Steps of different sessions as one LSTM call per optimizer version (the batcher's work). Each
-        request's answer is what `_step` alone gives it, bit for bit; one request's error (an L2OError,
+        request's answer is what it gets alone, bit for bit; one request's error (an L2OError,
         returned in its place) leaves the others untouched."""
         results: list[Answer | L2OError | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, PendingStep]]] = {}
@@ -268,26 +267,31 @@ class SessionService:
                 groups.setdefault(work.record.info.digest, []).append((i, work))
         for group in groups.values():
             config, weights = group[0][1].config, group[0][1].weights
-            kernel.step_inference_many(config, weights, [
+            finite = kernel.step_inference_many(config, weights, [
                 kernel.Segment(w.grads, LSTMState(w.state), w.out_state, w.updates) for _, w in group])
-            for i, work in group:
+            for (i, work), ok in zip(group, finite, strict=True):
                 try:
+                    if not ok:
+                        raise non_finite(work.record.info.shapes, work.grads)
                     results[i] = self._finish(work)
                 except L2OError as exc:
                     results[i] = exc
         return results  # type: ignore[return-value]  # every slot is filled above
 
     def _prepare(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> PendingStep | Answer:
-        """Every check of a step request, before anything is computed or written: the work to do, or
-        the answer itself when the request is a retry of the last step."""
+        """Every check of a step request before anything is written: the work to do, or the answer
+        itself when the request is a retry of the last step. (Finiteness is checked by the kernel, as
+        it reads the gradients; a step with a NaN or infinite gradient is discarded before its commit.)"""
         message = wire.decode(body, fmt)
         now = self.clock()
         record = self._live_record(owner, session_id, now)
         count = record.info.step
         if message.step not in (count, count - 1):
             raise step_conflict(message.step, count)
-        flat = flatten_grads(record.info.shapes, message.tensors)
+        flat = flatten_grads(record.info.shapes, message)
         if message.step == count - 1:
+            if not all_finite(flat):
+                raise non_finite(record.info.shapes, flat)
             return self._replay(record, fmt)
         config, weights = self._load_weights(record.info.version_id, record.info.digest)
         # The new state goes into a buffer the store keeps for this session: the old state stays
@@ -295,18 +299,29 @@ class SessionService:
         # device (a Redis store, or a snapshot loaded onto the CPU) it is copied there, and back, or kept
         # there from now on when the store keeps tensors.
         buffer = self.store.step_buffer(record)
-        state = record.hc.to(self.device, non_blocking=True)   # no copy when it is there already
+        on_host = self.device.type == "cpu"
+        state = record.hc if on_host else record.hc.to(self.device, non_blocking=True)
         out = buffer if buffer.device == self.device else torch.empty_like(state)
         keep = out if self.store.keeps_tensors else buffer
-        return PendingStep(record, fmt, now, config, weights, flat.to(self.device, non_blocking=True), state, out,
-                           torch.empty(flat.shape[0], dtype=torch.float32, device=self.device), keep)
+        # A binary answer is allocated now, and a CPU step writes its updates straight into it.
+        answer = wire.SafetensorsAnswer(record.info.shapes, count + 1) if fmt is WireFormat.SAFETENSORS else None
+        if answer is not None and on_host:
+            updates = answer.values
+        else:
+            updates = torch.empty(flat.shape[0], dtype=torch.float32, device=self.device)
+        grads = flat if on_host else flat.to(self.device, non_blocking=True)
+        return PendingStep(record, fmt, now, config, weights, grads, state, out, updates, keep, answer)
 
     def _finish(self, work: PendingStep) -> Answer:
         record, fmt, count = work.record, work.fmt, work.record.info.step
-        updates = work.updates.cpu()
         if work.keep is not work.out_state:
             work.keep.copy_(work.out_state)
-        body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates)), fmt)
+        if work.answer is not None:
+            if work.updates is not work.answer.values:
+                work.answer.values.copy_(work.updates)
+            body: bytes | bytearray = work.answer.body
+        else:
+            body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, work.updates.cpu())), fmt)
         if self.store.commit_step(record.id, expected_step=count, hc=work.keep, answer=body,
                                   answer_type=fmt.content_type, used_at=work.now):
             return Answer(body, fmt.content_type)
@@ -428,8 +443,10 @@ def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ..
     return out
 
 
-def flatten_grads(shapes: Mapping[str, tuple[int, ...]], grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The gradients as one float32 vector in the session's parameter order, or InvalidGradients."""
+def flatten_grads(shapes: Mapping[str, tuple[int, ...]], message: StepMessage) -> torch.Tensor:
+    """The gradients as one float32 vector in the session's parameter order, or InvalidGradients.
+    Finiteness is not checked here (see `non_finite`)."""
+    grads = message.tensors
     missing = [n for n in shapes if n not in grads]
     extra = [n for n in grads if n not in shapes]
     if missing or extra:
@@ -437,7 +454,6 @@ def flatten_grads(shapes: Mapping[str, tuple[int, ...]], grads: Mapping[str, tor
             "the gradients must name every parameter of the session exactly once: "
             f"missing {', '.join(map(repr, missing)) or 'none'}; unexpected {', '.join(map(repr, extra)) or 'none'}",
             detail={"missing": missing, "unexpected": extra})
-    parts = []
     for name, shape in shapes.items():
         g = grads[name]
         if not g.dtype.is_floating_point:
@@ -447,13 +463,19 @@ def flatten_grads(shapes: Mapping[str, tuple[int, ...]], grads: Mapping[str, tor
             raise InvalidGradients(
                 f"the gradient of {name!r} has shape {list(g.shape)}, the parameter has shape {list(shape)}",
                 detail={"name": name, "got": list(g.shape), "expected": list(shape)})
-        # float32 is what lopt.step computes in; a finite float64 can still overflow it.
-        parts.append(g.reshape(-1).to(torch.float32))
-    for name, part in zip(shapes, parts, strict=True):
+    if message.packed is not None and message.order == tuple(shapes):
+        return message.packed   # float32, back to back in the session's order: the body itself, no copy
+    # float32 is what lopt.step computes in; a finite float64 can still overflow it.
+    return torch.cat([grads[name].reshape(-1).to(torch.float32) for name in shapes])
+
+
+def non_finite(shapes: Mapping[str, tuple[int, ...]], flat: torch.Tensor) -> InvalidGradients:
+    """The error for gradients that hold a NaN or an infinity, naming the first parameter that does."""
+    for name, part in split_updates(shapes, flat.cpu()).items():
         if not all_finite(part):
-            raise InvalidGradients(f"the gradient of {name!r} has NaN or infinite values (as float32)",
-                                   detail={"name": name})
-    return torch.cat(parts)
+            return InvalidGradients(f"the gradient of {name!r} has NaN or infinite values (as float32)",
+                                    detail={"name": name})
+    return InvalidGradients("the gradients have NaN or infinite values (as float32)")
 
 
 def split_updates(shapes: Mapping[str, tuple[int, ...]], updates: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -48,7 +48,7 @@ class SessionStore(ABC):
         """The owner's sessions, oldest first."""
 
     @abstractmethod
-    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes,
+    def commit_step(self, session_id: str, *, expected_step: int, hc: torch.Tensor, answer: bytes | bytearray,
                     answer_type: str, used_at: float) -> bool:
         """Store the state after step `expected_step` with its answer, advancing the count by one.
 

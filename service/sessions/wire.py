@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
-from service.lopt.checkpoint import serialize_safetensors
+from service.lopt.checkpoint import ST_DTYPE_OF, serialize_safetensors
 
 JSON_TYPE = "application/json"
 SAFETENSORS_TYPE = "application/vnd.l2o.safetensors"
@@ -70,6 +70,10 @@ class StepMessage:
 
     step: int
     tensors: dict[str, torch.Tensor]
+    # A decoded safetensors body whose tensors are all float32 and aligned: all of them as one vector (a
+    # view of the body), with their names in the order they lie there.
+    packed: torch.Tensor | None = None
+    order: tuple[str, ...] = ()
 
 
 Body = bytes | bytearray | memoryview
@@ -78,17 +82,58 @@ Body = bytes | bytearray | memoryview
 def decode(body: Body, fmt: WireFormat, *, field: str = "grads") -> StepMessage:
     if fmt is WireFormat.JSON:
         return _decode_json(body, field)
-    meta, tensors = read_safetensors(body)
-    return StepMessage(parse_step(meta.get("step"), "the safetensors metadata"), tensors)
+    layout = _parse_safetensors(body)
+    step = parse_step(layout.meta.get("step"), "the safetensors metadata")
+    packed = layout.packed_float32()
+    return StepMessage(step, layout.tensors(), packed, tuple(e[0] for e in layout.entries) if packed is not None else ())
 
 
 def encode(message: StepMessage, fmt: WireFormat, *, field: str = "updates") -> bytes:
-    """Deterministic bytes: the same message always encodes to the same body."""
+    """Deterministic bytes: the same message always encodes to the same body. Safetensors data lies in
+    the message's order (a session's parameter order), as SafetensorsAnswer writes it."""
     if fmt is WireFormat.JSON:
         doc = {"step": message.step, field: {k: v.tolist() for k, v in message.tensors.items()}}
         # float32 values print as the shortest float64 repr, which reads back to the same float32.
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    return write_safetensors(message.tensors, {"step": str(message.step)})
+    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in message.tensors.items()}
+    head = _message_header({name: (t.dtype, tuple(message.tensors[name].shape)) for name, t in flat.items()},
+                           message.step)
+    out = bytearray(len(head) + sum(t.numel() * t.element_size() for t in flat.values()))
+    out[:len(head)] = head
+    start = len(head)
+    for t in flat.values():
+        data = t.view(torch.uint8).numpy()
+        out[start:start + data.nbytes] = data.data
+        start += data.nbytes
+    return bytes(out)
+
+
+class SafetensorsAnswer:
+    """A binary step answer allocated before the step: `body` is the whole answer, header written, and
+    `values` a float32 view of its data (every parameter's updates back to back, in the session's
+    order), for the step to write its updates straight into. No encoding pass, no copy."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], step: int) -> None:
+        head = _message_header({name: (torch.float32, shape) for name, shape in shapes.items()}, step)
+        n = sum(math.prod(shape) for shape in shapes.values())
+        self.body = bytearray(len(head) + 4 * n)
+        self.body[:len(head)] = head
+        self.values = (torch.frombuffer(self.body, dtype=torch.float32, offset=len(head), count=n) if n
+                       else torch.empty(0))
+
+
+def _message_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], step: int) -> bytes:
+    """The 8-byte length and the JSON header of a step message, its tensors laid out in `specs`' order;
+    padded with spaces so that the data starts 8-byte aligned."""
+    header: dict[str, Any] = {"__metadata__": {"step": str(step)}}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": ST_DTYPE_OF[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head
 
 
 # --- JSON -----------------------------------------------------------------------------------------------
@@ -185,6 +230,36 @@ def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
     not a JSON object, duplicate names, a dtype outside `dtypes`, a shape whose size does not match its
     byte range, offsets out of range, overlapping, or leaving holes (the format forbids holes).
     """
+    layout = _parse_safetensors(body, max_header=max_header, dtypes=dtypes)
+    return layout.meta, layout.tensors()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """A checked safetensors body: its metadata and its tensors' (name, dtype, shape, begin, end) by offset."""
+
+    view: memoryview
+    meta: dict[str, str]
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]
+    data_start: int
+    base: torch.Tensor | None   # the body as uint8, when tensors may view it (a writable buffer)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: _tensor(self.view, self.base, dtype, shape, self.data_start + begin, self.data_start + end)
+                for name, dtype, shape, begin, end in self.entries}
+
+    def packed_float32(self) -> torch.Tensor | None:
+        """Every tensor's data as one float32 vector, a view of the body, when all are float32 and the
+        data is 4-byte aligned in memory; else None."""
+        size = len(self.view) - self.data_start
+        if (self.base is None or not size or any(e[1] != torch.float32 for e in self.entries)
+                or (self.base.data_ptr() + self.data_start) % 4):
+            return None
+        return self.base[self.data_start:].view(torch.float32)
+
+
+def _parse_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
+                       dtypes: dict[str, torch.dtype] = FLOAT_DTYPES) -> _Layout:
     view = memoryview(body).cast("B")
     if len(view) < 8:
         raise MalformedBody(f"safetensors body is {len(view)} bytes, shorter than its 8-byte header length")
@@ -205,9 +280,10 @@ def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
         raise MalformedBody("safetensors __metadata__ must map names to strings")
 
     data_start, data_len = 8 + n, len(view) - 8 - n
-    entries = [(name, *_entry(name, spec, data_len, dtypes)) for name, spec in header.items()]
+    entries = sorted(((name, *_entry(name, spec, data_len, dtypes)) for name, spec in header.items()),
+                     key=lambda e: (e[3], e[4]))
     cursor, prev = 0, None
-    for name, _dtype, _shape, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
+    for name, _dtype, _shape, begin, end in entries:
         if begin < cursor:
             raise MalformedBody(f"safetensors tensor {name!r} overlaps tensor {prev!r}")
         if begin > cursor:
@@ -215,13 +291,8 @@ def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
         cursor, prev = end, name
     if cursor != data_len:
         raise MalformedBody(f"safetensors body has {data_len - cursor} bytes after its last tensor")
-
-    tensors = {}
-    writable = not view.readonly
-    base = torch.frombuffer(view, dtype=torch.uint8) if writable and len(view) else None
-    for name, dtype, shape, begin, end in entries:
-        tensors[name] = _tensor(view, base, dtype, shape, data_start + begin, data_start + end)
-    return meta, tensors
+    base = torch.frombuffer(view, dtype=torch.uint8) if not view.readonly and len(view) else None
+    return _Layout(view, meta, entries, data_start, base)
 
 
 def _entry(name: str, spec: Any, data_len: int,
