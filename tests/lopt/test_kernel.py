@@ -236,3 +236,19 @@ def test_warmup_loads_the_kernel_for_its_architecture(tmp_path, monkeypatch):
         assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
     u, s = step_inference(config, make(config), *inputs(config, 20))
     assert u.shape == (20,) and s.hc.shape == (20, 2, 2, 12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_batched_step_reports_which_segments_had_non_finite_gradients(backend, bad):
+    """The native kernel checks the gradients as it reads them; the other paths check them first.
+    Either way the flag is per segment, and the other segments' results are their own."""
+    config = OptimizerConfig()
+    weights = make(config)
+    parts = [inputs(config, n, seed) for seed, n in enumerate([70, 3, 500])]
+    parts[1][0][2] = bad
+    segments = [kernel.Segment(g, s, torch.empty_like(s.hc), torch.empty(g.shape[0])) for g, s in parts]
+    assert kernel.step_inference_many(config, weights, segments) == [True, False, True]
+    for seg in (segments[0], segments[2]):
+        u, s = step_inference(config, weights, seg.grads, seg.state)
+        assert torch.equal(seg.out_updates, u) and torch.equal(seg.out_state, s.hc)
+    assert kernel.step_inference_many(config, weights, [segments[0]]) == [True]

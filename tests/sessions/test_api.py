@@ -221,3 +221,40 @@ def test_the_step_kernel_is_warmed_up_at_start(client):
     """Any compile happens at start, not on the first request; its time is kept for reports."""
     seconds = client.app.state.kernel_warmup_s
     assert isinstance(seconds, float) and seconds >= 0.0
+
+
+def test_steps_skip_fastapis_router_and_are_answered_and_counted_as_through_it(client, headers, monkeypatch):
+    """The step route is served by StepShortcut from the middleware stack: its answers, its errors and
+    its metrics are those the route gives through FastAPI; other methods on its path still reach FastAPI."""
+    from fastapi.routing import APIRoute
+
+    from tests.api.test_health import metric
+
+    sid = create(client, headers)["id"]
+
+    def not_through_the_router(self, scope, receive, send):
+        raise AssertionError("a step went through FastAPI's routing")
+
+    route = "/v1/sessions/{session_id}/step"
+    before = client.get("/metrics").text
+    monkeypatch.setattr(APIRoute, "handle", not_through_the_router)
+    ok = post_step(client, headers, sid, 0, grads(0), WireFormat.SAFETENSORS)
+    assert ok.status_code == 200 and ok.headers["cache-control"] == "no-store"
+    assert updates_of(ok, WireFormat.SAFETENSORS)[0] == 1
+    refused = {
+        "no key": client.post(f"/v1/sessions/{sid}/step", content=b"{}", headers=ST_HEADERS),
+        "unknown session": post_step(client, headers, "s_nope", 0, grads(0), WireFormat.JSON),
+        "wrong type": client.post(f"/v1/sessions/{sid}/step", content=b"x",
+                                  headers={**headers, "Content-Type": "text/plain"}),
+        "stale step": post_step(client, headers, sid, 5, grads(0), WireFormat.JSON),
+    }
+    codes = {what: (r.status_code, r.json()["error"]["code"]) for what, r in refused.items()}
+    assert codes == {"no key": (401, "unauthorized"), "unknown session": (404, "session_not_found"),
+                     "wrong type": (415, "unsupported_media_type"), "stale step": (409, "step_conflict")}
+    monkeypatch.undo()
+    after = client.get("/metrics").text
+    assert metric(after, "l2o_http_requests_total", method="POST", route=route, status="200") - \
+        metric(before, "l2o_http_requests_total", method="POST", route=route, status="200") == 1
+    assert metric(after, "l2o_http_errors_total", method="POST", route=route, code="step_conflict") - \
+        metric(before, "l2o_http_errors_total", method="POST", route=route, code="step_conflict") == 1
+    assert client.get(f"/v1/sessions/{sid}/step", headers=headers).status_code == 405

@@ -11,6 +11,7 @@ from safetensors.torch import load as st_load
 from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
 from service.sessions import wire
 from service.sessions.wire import StepMessage, WireFormat
+from service.sessions.service import flatten_grads
 
 
 @pytest.mark.parametrize("content_type, fmt", [
@@ -128,3 +129,33 @@ def _raw(header, data=b"", n=None) -> bytes:
 def test_a_bad_safetensors_header_is_refused_naming_the_problem(body, error, match):
     with pytest.raises(error, match=match):
         wire.read_safetensors(bytearray(body))
+
+
+def test_float32_gradients_in_session_order_are_one_view_of_the_body():
+    shapes = {"fc.weight": (4, 3), "fc.bias": (4,)}
+    grads = {name: torch.randn(shape) for name, shape in shapes.items()}
+    body = bytearray(wire.encode(StepMessage(0, grads), WireFormat.SAFETENSORS, field="grads"))
+    message = wire.decode(body, WireFormat.SAFETENSORS)
+    assert message.order == ("fc.weight", "fc.bias")   # laid out in the message's order, not by name
+    flat = flatten_grads(shapes, message)
+    assert flat.data_ptr() == message.tensors["fc.weight"].data_ptr()   # the body itself: no copy
+    assert torch.equal(flat, torch.cat([g.reshape(-1) for g in grads.values()]))
+    # Another order, or another dtype, is gathered into a new vector with the same values.
+    reordered = {"fc.bias": (4,), "fc.weight": (4, 3)}
+    assert torch.equal(flatten_grads(reordered, message),
+                       torch.cat([grads["fc.bias"], grads["fc.weight"].reshape(-1)]))
+    wide = wire.decode(bytearray(wire.encode(StepMessage(0, {k: v.double() for k, v in grads.items()}),
+                                             WireFormat.SAFETENSORS)), WireFormat.SAFETENSORS)
+    assert wide.packed is None and torch.equal(flatten_grads(shapes, wide), flat)
+
+
+def test_an_answer_written_in_place_is_the_encoded_answer():
+    shapes = {"b": (2, 3), "a": (5,), "empty": (0, 4)}
+    answer = wire.SafetensorsAnswer(shapes, 7)
+    values = torch.randn(11)
+    answer.values.copy_(values)
+    parts = dict(zip(shapes, values.split([6, 5, 0]), strict=True))
+    expected = wire.encode(StepMessage(7, {n: p.view(shapes[n]) for n, p in parts.items()}), WireFormat.SAFETENSORS)
+    assert bytes(answer.body) == expected
+    decoded = wire.decode(answer.body, WireFormat.SAFETENSORS, field="updates")
+    assert decoded.step == 7 and torch.equal(decoded.tensors["b"], parts["b"].view(2, 3))
