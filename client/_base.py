@@ -52,6 +52,9 @@ class RequestOptions:
     timeout: httpx.Timeout | None = None
     stream: bool = False
     session_id: str | None = None  # the session the call is about, to tell a lost session from a wrong id
+    # Sent without an httpx.Request where the client's own HTTP/1.1 transport can (Client.send): a binary
+    # step, whose few headers are known, and whose overhead users feel on every training step.
+    lean: bool = False
 
     @property
     def safe_to_repeat(self) -> bool:

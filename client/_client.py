@@ -34,7 +34,14 @@ class Client(BaseClient):
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(transport=transport or Http11Transport(), follow_redirects=True)
+        own = Http11Transport() if http_client is None and transport is None else None
+        self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
+        url = httpx.URL(self.base_url)
+        # Lean requests need this client's own transport and a plain http:// server.
+        self._lean = own if own is not None and url.scheme == "http" else None
+        self._where = (url.host, url.port or 80)
+        self._prefix = url.raw_path.rstrip(b"/")
+        self._netloc = url.netloc
         self.optimizers = Optimizers(self)
         self.sessions = Sessions(self)
         self.jobs = Jobs(self)
@@ -43,12 +50,14 @@ class Client(BaseClient):
         """Send with retries; the response of a success (unread when streaming), else the error raised."""
         attempt = 0
         while True:
-            request = self._http.build_request(**self.request_args(options))
+            lean = options.lean and self._lean is not None
+            request = None if lean else self._http.build_request(**self.request_args(options))
             try:
-                response = self._http.send(request, stream=options.stream)
+                response = self._send_lean(options) if lean else self._http.send(request, stream=options.stream)
             except httpx.TransportError as exc:
                 if not self.should_retry(options, attempt, error=exc):
-                    raise self.connection_error(exc, request) from exc
+                    raise self.connection_error(exc, request or self._http.build_request(
+                        **self.request_args(options))) from exc
                 delay = self.retry_delay(attempt)
                 self.log_retry(options, attempt, delay, type(exc).__name__)
             else:
@@ -62,6 +71,21 @@ class Client(BaseClient):
                 self.log_retry(options, attempt, delay, f"HTTP {response.status_code}")
             time.sleep(delay)
             attempt += 1
+
+    def _send_lean(self, options: RequestOptions) -> httpx.Response:
+        """The request written straight to the transport: the same bytes httpx would send, without the
+        objects it builds around them. An error answer gets its httpx.Request attached afterwards."""
+        body = options.content or b""
+        headers = {**self.headers, **(options.headers or {})}
+        raw = b"".join([b"%s %s%s HTTP/1.1\r\nHost: %s\r\n" % (options.method.encode(), self._prefix,
+                                                             options.path.encode(), self._netloc),
+                        *(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()),
+                        b"Content-Length: %d\r\n\r\n" % len(body)])
+        host, port = self._where
+        response = self._lean.send_bytes(host, port, raw, body, (options.timeout or self.timeout).as_dict())
+        if not response.is_success:
+            response.request = self._http.build_request(**self.request_args(options))
+        return response
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Any API call, for routes the resources do not cover: `client.request("GET", "/readyz")`."""

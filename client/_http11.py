@@ -38,12 +38,20 @@ class Http11Transport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http" or not isinstance(request.stream, httpx.ByteStream):
             return self._fallback.handle_request(request)
-        body = request.read()
-        timeouts = request.extensions.get("timeout", {})
-        where = (request.url.host, request.url.port or 80)
+        return self._exchange((request.url.host, request.url.port or 80), _head(request), request.read(),
+                              request.extensions.get("timeout", {}), request)
+
+    def send_bytes(self, host: str, port: int, head: bytes, body: bytes, timeouts: dict[str, float | None]) -> httpx.Response:
+        """One request already written out (`head`: the request line and headers, through the blank
+        line), for a caller that skips building an httpx.Request: its answer, with no request attached,
+        and httpx's exceptions, with none either."""
+        return self._exchange((host, port), head, body, timeouts, None)
+
+    def _exchange(self, where: tuple[str, int], head: bytes, body: bytes, timeouts: dict[str, float | None],
+                  request: httpx.Request | None) -> httpx.Response:
         sock = self._checkout(where, request, timeouts.get("connect"))
         try:
-            _send(sock, _head(request), body, timeouts.get("write"), request)
+            _send(sock, head, body, timeouts.get("write"), request)
             sock.settimeout(timeouts.get("read"))
             status, headers, rest = _read_head(sock, request)
             framing = _framing(request, status, headers)
@@ -72,7 +80,7 @@ class Http11Transport(httpx.BaseTransport):
 
     # --- connections ------------------------------------------------------------------------------------
 
-    def _checkout(self, where: tuple[str, int], request: httpx.Request, timeout: float | None) -> socket.socket:
+    def _checkout(self, where: tuple[str, int], request: httpx.Request | None, timeout: float | None) -> socket.socket:
         while True:
             with self._lock:
                 idle = self._idle.get(where)
@@ -109,7 +117,7 @@ def _head(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-def _send(sock: socket.socket, head: bytes, body: bytes, timeout: float | None, request: httpx.Request) -> None:
+def _send(sock: socket.socket, head: bytes, body: bytes, timeout: float | None, request: httpx.Request | None) -> None:
     sock.settimeout(timeout)
     try:
         if len(body) <= READ_BYTES:
@@ -123,7 +131,7 @@ def _send(sock: socket.socket, head: bytes, body: bytes, timeout: float | None, 
         raise httpx.WriteError(str(exc), request=request) from exc
 
 
-def _recv(sock: socket.socket, request: httpx.Request) -> bytes:
+def _recv(sock: socket.socket, request: httpx.Request | None) -> bytes:
     try:
         return sock.recv(READ_BYTES)
     except TimeoutError as exc:
@@ -132,7 +140,7 @@ def _recv(sock: socket.socket, request: httpx.Request) -> bytes:
         raise httpx.ReadError(str(exc), request=request) from exc
 
 
-def _read_head(sock: socket.socket, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def _read_head(sock: socket.socket, request: httpx.Request | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """(status, headers, the body bytes that came with the head), skipping informational answers."""
     data = b""
     while True:
@@ -169,8 +177,8 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
-def _framing(request: httpx.Request, status: int, headers: list[tuple[bytes, bytes]]) -> str:
-    if request.method == "HEAD" or status in NO_BODY_STATUSES:
+def _framing(request: httpx.Request | None, status: int, headers: list[tuple[bytes, bytes]]) -> str:
+    if request is not None and request.method == "HEAD" or status in NO_BODY_STATUSES:
         return "length"
     encoding = _header(headers, b"transfer-encoding")
     if encoding is not None:
@@ -189,7 +197,7 @@ def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:
     return (_header(headers, b"connection") or b"").lower() != b"close"
 
 
-def _read_exactly(sock: socket.socket, n: int, rest: bytes, request: httpx.Request) -> bytes:
+def _read_exactly(sock: socket.socket, n: int, rest: bytes, request: httpx.Request | None) -> bytes:
     """n body bytes: those that came with the head, then the socket's, received straight into place."""
     if len(rest) >= n:
         return rest[:n]
@@ -214,7 +222,7 @@ def _read_exactly(sock: socket.socket, n: int, rest: bytes, request: httpx.Reque
 class _ChunkedStream(httpx.SyncByteStream):
     """A chunked body, read as the caller iterates (a job's event stream runs for as long as the job)."""
 
-    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request) -> None:
+    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None) -> None:
         self.sock, self.buffer, self.request = sock, rest, request
 
     def _fill(self) -> None:
@@ -254,7 +262,7 @@ class _ChunkedStream(httpx.SyncByteStream):
 
 
 class _UntilClose(httpx.SyncByteStream):
-    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request) -> None:
+    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None) -> None:
         self.sock, self.rest, self.request = sock, rest, request
 
     def __iter__(self) -> Iterator[bytes]:
