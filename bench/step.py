@@ -54,7 +54,7 @@ import torch
 from bench.reference import ReferenceLSTM
 from bench.server import OPTIMIZER, Server
 from client import AsyncClient, Client
-from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
+from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, native, state_nbytes
 
 SIZES = (10_000, 100_000, 1_000_000)
 GPU_SIZES = (100_000, 1_000_000, 10_000_000)
@@ -185,7 +185,13 @@ def _remote_step(bench: Bench, n: int, wire: str) -> Callable[[], object] | None
     count = [0]
 
     def call() -> None:
-        count[0] = client.sessions.step(session.id, step=count[0], grads=grads, wire=wire).step
+        # This process's own kernel threads must not spin on the cores the server needs: a remote
+        # user's process runs no LSTM of its own.
+        native.set_spin_us(0)
+        try:
+            count[0] = client.sessions.step(session.id, step=count[0], grads=grads, wire=wire).step
+        finally:
+            native.set_spin_us(native.spin_us())
     return call
 
 

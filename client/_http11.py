@@ -41,7 +41,8 @@ class Http11Transport(httpx.BaseTransport):
         return self._exchange((request.url.host, request.url.port or 80), _head(request), request.read(),
                               request.extensions.get("timeout", {}), request)
 
-    def send_bytes(self, host: str, port: int, head: bytes, body: bytes, timeouts: dict[str, float | None]) -> httpx.Response:
+    def send_bytes(self, host: str, port: int, head: bytes, body: bytes,
+                   timeouts: dict[str, float | None]) -> httpx.Response:
         """One request already written out (`head`: the request line and headers, through the blank
         line), for a caller that skips building an httpx.Request: its answer, with no request attached,
         and httpx's exceptions, with none either."""

@@ -17,6 +17,7 @@
    compiler and the CPU type it was built for. */
 
 #include <pthread.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -435,6 +436,109 @@ static void *worker(void *arg) {
     return 0;
 }
 
+/* Helper threads kept between calls. A call publishes its batch, works on it itself, then closes it
+   and waits only for the helpers that joined it: a helper that wakes late (an idle core can take
+   milliseconds to wake in a virtual machine) finds the batch closed and goes back to sleep, and the
+   call never waits for it. After a batch a helper spins for spin_ns before sleeping, so the steps of
+   a training loop find it awake. One call uses the pool at a time; a concurrent call starts its own
+   threads, as every call did before the pool. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    int size;                      /* helpers started */
+    uint64_t generation;           /* bumped for each batch published */
+    batch_t *current;              /* the batch helpers may join, or NULL once it is closed */
+    int wanted, joined, running;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0};
+static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER;
+static long long spin_ns = 0;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static long long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static void *helper(void *arg) {
+    (void)arg;
+    uint64_t seen = 0;
+    pthread_mutex_lock(&pool.mu);
+    for (;;) {
+        while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen) {
+            if (__atomic_load_n(&spin_ns, __ATOMIC_RELAXED) > 0) {
+                pthread_mutex_unlock(&pool.mu);
+                long long start = now_ns();   /* spin_ns is read as it goes: setting 0 stops a spin at once */
+                while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen
+                       && now_ns() - start < __atomic_load_n(&spin_ns, __ATOMIC_RELAXED)) {
+#if defined(__x86_64__) || defined(__i386__)
+                    __builtin_ia32_pause();
+#endif
+                }
+                pthread_mutex_lock(&pool.mu);
+                if (pool.generation != seen) break;
+            }
+            pthread_cond_wait(&pool.work, &pool.mu);
+        }
+        seen = pool.generation;
+        batch_t *bt = pool.current;
+        if (bt && pool.joined < pool.wanted) {
+            pool.joined++;
+            pool.running++;
+            pthread_mutex_unlock(&pool.mu);
+            worker(bt);
+            pthread_mutex_lock(&pool.mu);
+            if (--pool.running == 0) pthread_cond_signal(&pool.done);
+        }
+    }
+    return 0;
+}
+
+/* A forked child has none of the parent's threads: it starts a pool of its own. */
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool.mu, 0);
+    pthread_cond_init(&pool.work, 0);
+    pthread_cond_init(&pool.done, 0);
+    pthread_mutex_init(&pool_owner, 0);
+    pool.size = 0;
+    pool.current = 0;
+    pool.running = 0;
+}
+
+static void pool_init(void) { pthread_atfork(0, 0, pool_after_fork); }
+
+static int run_pooled(batch_t *bt, int helpers) {
+    pthread_once(&pool_once, pool_init);
+    if (pthread_mutex_trylock(&pool_owner) != 0) return 0;
+    pthread_mutex_lock(&pool.mu);
+    while (pool.size < helpers && pool.size < 63) {
+        pthread_t id;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&id, &attr, helper, 0);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;        /* fewer helpers: the caller does the rest */
+        pool.size++;
+    }
+    pool.current = bt;
+    pool.wanted = helpers;
+    pool.joined = 0;
+    __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&pool.work);
+    pthread_mutex_unlock(&pool.mu);
+    worker(bt);
+    pthread_mutex_lock(&pool.mu);
+    pool.current = 0;
+    while (pool.running > 0) pthread_cond_wait(&pool.done, &pool.mu);
+    pthread_mutex_unlock(&pool.mu);
+    pthread_mutex_unlock(&pool_owner);
+    return 1;
+}
+
+/* How long helpers spin for the next batch before they sleep (0: sleep at once). */
+void l2o_set_spin_us(long long us) { __atomic_store_n(&spin_ns, us > 0 ? us * 1000 : 0, __ATOMIC_RELAXED); }
+
 int l2o_lanes(void) { return VL; }
 int l2o_unit_block(void) { return JB; }
 
@@ -480,14 +584,19 @@ int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, con
     int64_t units = first_unit[nseg];
     if (threads > units) threads = (int)units;
     if (threads > 64) threads = 64;
-    pthread_t ids[64];
-    int started = 0;
-    for (int t = 1; t < threads; t++) {
-        if (pthread_create(&ids[started], 0, worker, &bt) != 0) break;
-        started++;
+    if (threads > 1 && !run_pooled(&bt, threads - 1)) {
+        /* Another call holds the pool: this one starts threads of its own. */
+        pthread_t ids[64];
+        int started = 0;
+        for (int t = 1; t < threads; t++) {
+            if (pthread_create(&ids[started], 0, worker, &bt) != 0) break;
+            started++;
+        }
+        worker(&bt);
+        for (int t = 0; t < started; t++) pthread_join(ids[t], 0);
+    } else if (threads <= 1) {
+        worker(&bt);
     }
-    worker(&bt);
-    for (int t = 0; t < started; t++) pthread_join(ids[t], 0);
     if (jobs != small_jobs) free(jobs);
     if (first_unit != small_units) free(first_unit);
     return 0;

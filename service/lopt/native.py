@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("lstm_step.c")
 FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-math-errno")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+DEFAULT_SPIN_US = 2000
 MAX_SEGMENTS = 4096  # as lstm_step.c allows per call
 
 
@@ -54,6 +55,18 @@ class Arch:
     def defines(self) -> list[str]:
         return [f"-DHID={self.hidden}", f"-DNL={self.layers}", f"-DNIN={self.inputs}",
                 f"-DLOG_SIGN={int(self.log_sign)}"]
+
+
+def spin_us() -> int:
+    """L2O_KERNEL_SPIN_US: how long the kernel's helper threads wait awake for the next step before they
+    sleep. Waking a sleeping core costs milliseconds on some virtual machines, more than a small step;
+    spinning costs that core's time while it waits. Default 2000 (2 ms); 0 sleeps at once."""
+    raw = os.environ.get("L2O_KERNEL_SPIN_US", "").strip()
+    if not raw:
+        return DEFAULT_SPIN_US
+    if not raw.isdigit():
+        raise ValueError(f"L2O_KERNEL_SPIN_US must be a whole number of microseconds, got {raw!r}")
+    return int(raw)
 
 
 def cache_dir() -> Path:
@@ -131,6 +144,8 @@ class NativeKernel:
                          ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_float, ctypes.c_float,
                          ctypes.c_int, ctypes.c_void_p]
         self.fn_many = many
+        self.lib.l2o_set_spin_us.argtypes = [ctypes.c_longlong]
+        self.lib.l2o_set_spin_us(spin_us())
         self.lanes = self.lib.l2o_lanes()
         self.unit_block = self.lib.l2o_unit_block()   # the C source picks it for the host's registers
         self._packed: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = {}
@@ -201,6 +216,13 @@ class NativeKernel:
 
 _kernels: dict[tuple, NativeKernel | NativeError] = {}   # by (hidden, layers, inputs, preprocess)
 _build_lock = threading.Lock()
+
+
+def set_spin_us(us: int) -> None:
+    """Set every loaded kernel's helper spin (see spin_us); 0 also stops the helpers spinning now."""
+    for found in list(_kernels.values()):
+        if isinstance(found, NativeKernel):
+            found.lib.l2o_set_spin_us(us)
 
 
 def load(config: OptimizerConfig) -> NativeKernel:

@@ -22,10 +22,15 @@ MAX_BATCH_BYTES = 256 * 1024 * 1024   # request bodies per batch: bounds the mem
 
 class StepBatcher:
     def __init__(self, run_many: Callable[[Sequence[Any]], list[Any]], *,
-                 max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES) -> None:
+                 max_requests: int = MAX_BATCH_REQUESTS, max_bytes: int = MAX_BATCH_BYTES,
+                 inline_bytes: int = 0) -> None:
         self.run_many = run_many
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        # A batch whose bodies total at most this runs on the event loop itself: handing it to a worker
+        # thread and back costs more than the work (each wake of a sleeping thread can take a fraction
+        # of a millisecond), and the loop is held for a few milliseconds at most.
+        self.inline_bytes = inline_bytes
         self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.batches = 0           # for tests and metrics: calls made, and requests they carried
@@ -57,8 +62,12 @@ class StepBatcher:
                 self.requests += len(batch)
                 # This task belongs to no request, so a client that hangs up cancels only its own wait,
                 # never a batch that others share.
+                requests = [request for request, _ in batch]
                 try:
-                    results = await anyio.to_thread.run_sync(self.run_many, [request for request, _ in batch])
+                    if sum(len(r.body) for r in requests) <= self.inline_bytes:
+                        results = self.run_many(requests)
+                    else:
+                        results = await anyio.to_thread.run_sync(self.run_many, requests)
                 except Exception as exc:   # a fault outside any one request fails the whole batch
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):

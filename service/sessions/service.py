@@ -60,6 +60,7 @@ STATE_FORMAT = "l2o-session-state/1"
 STATE_TYPE = wire.SAFETENSORS_TYPE
 MAX_PARAMETERS = 100_000
 MAX_NAME_CHARS = 512
+INLINE_BYTES = 128 * 1024   # a step body up to this (about 32,000 float32 gradients) runs on the event loop
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,10 @@ class SessionService:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         # Steps of different sessions that arrive together run as one LSTM call (bit-identical to
         # running them one by one); off, each step is its own call.
-        self.batcher = StepBatcher(self._step_many) if batching else None
+        # Small steps on a memory store run on the event loop (see StepBatcher.inline_bytes); a Redis
+        # store's calls wait on the network, so its steps always go to a worker thread.
+        self.inline_bytes = INLINE_BYTES if store.keeps_tensors and self.device.type == "cpu" else 0
+        self.batcher = StepBatcher(self._step_many, inline_bytes=self.inline_bytes) if batching else None
 
     # --- sessions ------------------------------------------------------------------------------------------
 
@@ -159,6 +163,8 @@ class SessionService:
         async with self._lock(session_id):
             if self.batcher is not None:
                 return await self.batcher.submit(StepRequest(str(owner), session_id, body, fmt))
+            if len(body) <= self.inline_bytes:
+                return self._step(str(owner), session_id, body, fmt)
             return await anyio.to_thread.run_sync(self._step, str(owner), session_id, body, fmt)
 
     def is_version_in_use(self, version_id: int | str) -> bool:

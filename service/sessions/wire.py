@@ -85,7 +85,8 @@ def decode(body: Body, fmt: WireFormat, *, field: str = "grads") -> StepMessage:
     layout = _parse_safetensors(body)
     step = parse_step(layout.meta.get("step"), "the safetensors metadata")
     packed = layout.packed_float32()
-    return StepMessage(step, layout.tensors(), packed, tuple(e[0] for e in layout.entries) if packed is not None else ())
+    order = tuple(e[0] for e in layout.entries) if packed is not None else ()
+    return StepMessage(step, layout.tensors(), packed, order)
 
 
 def encode(message: StepMessage, fmt: WireFormat, *, field: str = "updates") -> bytes:

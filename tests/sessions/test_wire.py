@@ -10,8 +10,8 @@ from safetensors.torch import load as st_load
 
 from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
 from service.sessions import wire
-from service.sessions.wire import StepMessage, WireFormat
 from service.sessions.service import flatten_grads
+from service.sessions.wire import StepMessage, WireFormat
 
 
 @pytest.mark.parametrize("content_type, fmt", [
