@@ -129,8 +129,10 @@ def test_jobs_belong_to_their_key(client, make_key, train_headers):
     assert client.get("/v1/jobs/nope", headers=admin).status_code == 404
     assert client.get("/v1/jobs/nope/curve", headers=admin).json()["error"]["code"] == "job_not_found"
     curve = client.get(f"/v1/jobs/{job['id']}/curve", headers=admin)
-    assert curve.status_code == 200 and curve.json() == client.get(f"/v1/jobs/{job['id']}/curve",
-                                                                   headers=train_headers).json()
+    assert curve.status_code == 200
+    # The owner's read comes second: a running job's curve may have grown by then, never changed.
+    mine = client.get(f"/v1/jobs/{job['id']}/curve", headers=train_headers).json()
+    assert all(mine[k][:len(v)] == v for k, v in curve.json().items())
 
 
 def test_job_routes_need_a_key_with_scope(client, make_key):

@@ -252,3 +252,66 @@ def test_a_batched_step_reports_which_segments_had_non_finite_gradients(backend,
         u, s = step_inference(config, weights, seg.grads, seg.state)
         assert torch.equal(seg.out_updates, u) and torch.equal(seg.out_state, s.hc)
     assert kernel.step_inference_many(config, weights, [segments[0]]) == [True]
+
+
+def test_native_calls_from_many_threads_at_once_each_get_their_own_bits():
+    """One call at a time uses the helper pool; the others start threads of their own. Either way each
+    call's results are what it gets alone."""
+    import threading
+
+    config = OptimizerConfig()
+    require_native(config)
+    kernel_ = native.load(config)
+    weights = make(config)
+    jobs = [inputs(config, n, seed) for seed, n in enumerate([5000, 4099, 20_000, 777, 12_345, 3000])]
+    expected = [step_inference(config, weights, g, s) for g, s in jobs]
+    failures = []
+
+    def run(i):
+        g, s = jobs[i]
+        for _ in range(20):
+            out, upd = torch.empty_like(s.hc), torch.empty(g.shape[0])
+            kernel_.run(config, weights, g, s.hc, out, upd, threads=2)
+            if not (torch.equal(upd, expected[i][0]) and torch.equal(out, expected[i][1].hc)):
+                failures.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_native_kernel_works_in_a_forked_child():
+    """The child has none of the parent's helper threads; its pool starts afresh."""
+    config = OptimizerConfig()
+    require_native(config)
+    weights = make(config)
+    grads, state = inputs(config, 9000)
+    u, _ = step_inference(config, weights, grads, state)   # the parent's pool is up
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: step, send the updates' bytes, exit without running pytest's teardown
+        try:
+            data = step_inference(config, weights, grads, state)[0].numpy().tobytes()
+            with os.fdopen(write, "wb") as out:
+                out.write(data)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as got:
+        data = got.read()
+    os.waitpid(pid, 0)
+    assert torch.equal(torch.frombuffer(bytearray(data), dtype=torch.float32), u)
+
+
+def test_helper_spin_is_a_number_of_microseconds(monkeypatch):
+    monkeypatch.setenv("L2O_KERNEL_SPIN_US", "250")
+    assert native.spin_us() == 250
+    monkeypatch.delenv("L2O_KERNEL_SPIN_US")
+    assert native.spin_us() == native.DEFAULT_SPIN_US
+    monkeypatch.setenv("L2O_KERNEL_SPIN_US", "2ms")
+    with pytest.raises(ValueError, match="L2O_KERNEL_SPIN_US"):
+        native.spin_us()

@@ -152,3 +152,25 @@ def test_the_memory_store_double_buffers_and_never_touches_the_current_state():
     pointers = asyncio.run(scenario())
     # From the second step on, two buffers take turns: no step allocates a new state.
     assert pointers[1] == pointers[3] and pointers[2] == pointers[4] and pointers[1] != pointers[2]
+
+
+async def test_small_batches_run_on_the_event_loop_and_large_ones_on_a_worker_thread():
+    import threading
+
+    from service.sessions.batcher import StepBatcher
+
+    seen = []
+
+    def run_many(requests):
+        seen.append(threading.get_ident())
+        return [len(r.body) for r in requests]
+
+    class Req:
+        def __init__(self, size):
+            self.body = b"x" * size
+
+    loop_thread = threading.get_ident()
+    batcher = StepBatcher(run_many, inline_bytes=1000)
+    assert await batcher.submit(Req(1000)) == 1000
+    assert await batcher.submit(Req(1001)) == 1001
+    assert seen[0] == loop_thread and seen[1] != loop_thread
