@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,9 +35,10 @@ class Client(BaseClient):
                  transport: httpx.BaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
-        own = Http11Transport() if http_client is None and transport is None else None
-        self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
         url = httpx.URL(self.base_url)
+        # Through a proxy named in the environment, httpx's own transport goes (it honours those variables).
+        own = Http11Transport() if http_client is None and transport is None and not _proxied(url) else None
+        self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
         # Lean requests need this client's own transport and a plain http:// server.
         self._lean = own if own is not None and url.scheme == "http" else None
         self._where = (url.host, url.port or 80)
@@ -100,6 +102,14 @@ class Client(BaseClient):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _proxied(url: httpx.URL) -> bool:
+    """Whether the environment (HTTP_PROXY, ALL_PROXY, NO_PROXY) sends requests to `url` through a proxy."""
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(url.host)
 
 
 class AsyncClient(BaseClient):

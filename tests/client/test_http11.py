@@ -131,3 +131,19 @@ def test_other_requests_go_to_httpx_own_transport(server):
         streamed = c.post(f"{server.url}/echo", content=iter([b"a", b"b"]))   # a body given as a stream
         assert streamed.content == b"fallback"
     assert seen == ["https", "http"]
+
+
+def test_the_client_uses_it_unless_the_environment_names_a_proxy(monkeypatch):
+    from client import Client
+
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with Client("http://127.0.0.1:9", "l2o_k") as c:
+        assert c._lean is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with Client("http://10.1.2.3:9", "l2o_k") as c:
+        # httpx's own client, which sends that URL through its proxy transport
+        assert c._lean is None and c._http._transport_for_url(httpx.URL("http://10.1.2.3:9")) is not c._http._transport
+    monkeypatch.setenv("NO_PROXY", "10.1.2.3")
+    with Client("http://10.1.2.3:9", "l2o_k") as c:
+        assert c._lean is not None
