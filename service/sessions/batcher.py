@@ -3,8 +3,9 @@
     request -> submit() -> (queued while a batch runs) -> SessionService._step_many(batch) -> answer
 
 No request waits for company: the first one after a quiet spell runs at once, alone; those that arrive
-while it runs make the next batch. Under load, the work a step pays for once per call (a thread hop,
-starting the kernel's threads, the Python around them) is shared by every request in the batch.
+while it runs make the next batch. Under load, the work a step pays for once per call (a thread hop
+for a large batch, waking the kernel's threads, the Python around the call) is shared by every request
+in the batch.
 Batching never changes a session's numbers: `_step_many` gives each request the bits `_step` would.
 """
 

@@ -12,8 +12,9 @@ A step request carries the number of steps the session has applied so far, which
 Steps on one session run one at a time, in arrival order (an asyncio lock per session); steps on
 different sessions run concurrently, and those that arrive while the LSTM is busy are batched into
 one call (batcher.py; off with batching=False, then each runs `_step`). Store calls and torch work run
-on worker threads, never on the event loop. Every check runs before anything is written, so a refused
-request leaves the session as it was.
+on worker threads, except small steps on the memory store (bodies up to INLINE_BYTES), which run on the
+event loop: there a thread round trip costs more than the step. Every check runs before anything is
+written, so a refused request leaves the session as it was.
 """
 
 from __future__ import annotations
