@@ -18,7 +18,7 @@ import httpx
 
 from client._base import BaseClient, RequestOptions
 from client._constants import DEFAULT_MAX_RETRIES
-from client._http11 import Http11Transport
+from client._http11 import Http11Transport, request_head
 from client.resources.jobs import AsyncJobs, Jobs
 from client.resources.optimizers import AsyncOptimizers, Optimizers
 from client.resources.sessions import AsyncSessions, Sessions
@@ -79,10 +79,9 @@ class Client(BaseClient):
         objects it builds around them. An error answer gets its httpx.Request attached afterwards."""
         body = options.content or b""
         headers = {**self.headers, **(options.headers or {})}
-        raw = b"".join([b"%s %s%s HTTP/1.1\r\nHost: %s\r\n" % (options.method.encode(), self._prefix,
-                                                             options.path.encode(), self._netloc),
-                        *(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items()),
-                        b"Content-Length: %d\r\n\r\n" % len(body)])
+        raw = request_head(options.method.encode(), self._prefix + options.path.encode(), [
+            (b"Host", self._netloc), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+            (b"Content-Length", b"%d" % len(body))])
         host, port = self._where
         response = self._lean.send_bytes(host, port, raw, body, (options.timeout or self.timeout).as_dict())
         if not response.is_success:

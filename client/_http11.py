@@ -18,7 +18,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import httpx
 
@@ -111,11 +111,14 @@ class Http11Transport(httpx.BaseTransport):
         sock.close()
 
 
+def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The request line and headers, through the blank line that ends them."""
+    return b"".join([b"%s %s HTTP/1.1\r\n" % (method, target),
+                     *(b"%s: %s\r\n" % (name, value) for name, value in headers), b"\r\n"])
+
+
 def _head(request: httpx.Request) -> bytes:
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)]
-    lines += [b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw]
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return request_head(request.method.encode(), request.url.raw_path, request.headers.raw)
 
 
 def _send(sock: socket.socket, head: bytes, body: bytes, timeout: float | None, request: httpx.Request | None) -> None:

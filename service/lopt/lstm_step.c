@@ -76,19 +76,19 @@ static inline vf v_rcp(vf d) {
     vf r = (vf)_mm512_rcp14_ps((__m512)d);
     return r + r * (1.0f - d * r);
 }
-#elif VL == 8
+#else
+static inline vf v_max(float lo, vf x) { return sel(x < lo, splat(lo), x); }
+static inline vf v_min(float hi, vf x) { return sel(x > hi, splat(hi), x); }
+#if VL == 8
 #include <immintrin.h>
-static inline vf v_max(float lo, vf x) { return (vf)_mm256_max_ps(_mm256_set1_ps(lo), (__m256)x); }
-static inline vf v_min(float hi, vf x) { return (vf)_mm256_min_ps(_mm256_set1_ps(hi), (__m256)x); }
 /* A 12-bit estimate and one Newton step (about 2 ulp): a divide costs several times as much on AVX2. */
 static inline vf v_rcp(vf d) {
     vf r = (vf)_mm256_rcp_ps((__m256)d);
     return r + r * (1.0f - d * r);
 }
 #else
-static inline vf v_max(float lo, vf x) { return sel(x < lo, splat(lo), x); }
-static inline vf v_min(float hi, vf x) { return sel(x > hi, splat(hi), x); }
 static inline vf v_rcp(vf d) { return 1.0f / d; }
+#endif
 #endif
 
 /* tanh as x P(x^2) / Q(x^2) on [-c, c] (the rational approximation Eigen and XLA use for float32):

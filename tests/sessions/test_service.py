@@ -296,14 +296,18 @@ def _bad_bodies():
         json.dumps(header).replace('"scale"', '"fc.bias"').encode()), "duplicate"
 
 
+@pytest.mark.parametrize("writable", [False, True], ids=["bytes", "bytearray"])
 @pytest.mark.parametrize("case", list(_bad_bodies()), ids=lambda c: c[0])
-async def test_each_bad_input_is_a_4xx_and_leaves_the_session_byte_identical(svc, store, case):
+async def test_each_bad_input_is_a_4xx_and_leaves_the_session_byte_identical(svc, store, case, writable):
+    """As bytes, and as the server hands bodies over (a bytearray, which tensors may view in place)."""
     _, fmt, raw, match = case
+    raw = raw.encode() if isinstance(raw, str) else raw
+    raw = bytearray(raw) if writable else raw
     info = await svc.create("k1", "opt", SHAPES)
     await svc.step("k1", info.id, body(0, grads_for(0), fmt), fmt)
     before = snapshot(store, info.id)
     with pytest.raises((InvalidGradients, MalformedBody), match=match) as exc:
-        await svc.step("k1", info.id, raw.encode() if isinstance(raw, str) else raw, fmt)
+        await svc.step("k1", info.id, raw, fmt)
     assert 400 <= exc.value.status < 500
     assert snapshot(store, info.id) == before
     # And the session still takes the step it expected.
