@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -307,6 +308,7 @@ async def _batching_run(on: bool, steps: int, device: torch.device) -> dict[str,
     bodies = [[wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads")
                for k in range(steps)] for i in range(BATCH_SESSIONS)]
     latencies: list[float] = []
+    gc.freeze()   # as `l2o serve` does once started (service/app.py)
 
     async def drive(i: int) -> None:
         for k in range(steps):
@@ -317,6 +319,7 @@ async def _batching_run(on: bool, steps: int, device: torch.device) -> dict[str,
     began = time.perf_counter()
     await asyncio.gather(*(drive(i) for i in range(BATCH_SESSIONS)))
     wall = time.perf_counter() - began
+    gc.unfreeze()
     mean_batch = svc.batcher.requests / svc.batcher.batches if svc.batcher else 1.0
     return _batching_numbers(latencies, wall, mean_batch)
 

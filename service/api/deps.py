@@ -56,8 +56,8 @@ def current_key(request: Request,
         # A connection of its own, returned at once: the request's DbSession would hold a pooled connection
         # for the whole request, so a step (which needs no database) would pin one for its torch work and a
         # burst of requests that need a second connection would starve the pool. A bare connection, not
-        # a Session: this check runs on every request, and it costs a quarter as much.
-        with request.app.state.db.engine.connect() as conn:
+        # a Session: this check runs on every request.
+        with request.app.state.db.key_reader() as conn:
             key = keys.authenticate(conn, credentials.credentials)
     except UNREACHABLE as exc:
         key = cache.recall(keys.hash_key(credentials.credentials))

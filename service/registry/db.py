@@ -7,12 +7,14 @@ repositories only flush. A session closed without commit rolls back, so an error
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +65,10 @@ class Database:
         self.engine = make_engine(url, **engine_kwargs)
         # Objects stay readable after commit, so a handler can commit and then build its response.
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        parsed = make_url(url)
+        self._sqlite_file = (parsed.database if parsed.get_backend_name() == "sqlite" and parsed.database
+                             and parsed.database != ":memory:" else None)
+        self._readers = threading.local()
 
     @property
     def backend(self) -> str:
@@ -81,6 +87,31 @@ class Database:
                 # roll back, and the pool has dropped the connection. Raising here would fail a request that
                 # had already been answered.
                 log.warning("database connection lost; closed the session without its rollback")
+
+    @contextmanager
+    def key_reader(self) -> Iterator[Connection | sqlite3.Connection]:
+        """A connection for the one query every request makes, its API key's lookup (repository.
+        get_key_by_hash). On a SQLite file: a sqlite3 connection this thread keeps open, in autocommit,
+        so each lookup sees every committed change (a revoke takes effect at once); a pooled SQLAlchemy
+        connection costs this lookup ten times over. Elsewhere: a connection from the pool, returned at
+        once."""
+        if self._sqlite_file is None:
+            with self.engine.connect() as conn:
+                yield conn
+            return
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self._sqlite_file, isolation_level=None, timeout=30)
+            except sqlite3.Error as exc:
+                raise OperationalError("connect", None, exc) from exc
+            self._readers.conn = conn
+        try:
+            yield conn
+        except UNREACHABLE:
+            self._readers.conn = None   # the next lookup opens a fresh one
+            conn.close()
+            raise
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

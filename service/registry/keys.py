@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from typing import Literal, get_args
 
@@ -55,7 +56,7 @@ def create_key(db: Session, name: str, scopes: Iterable[str]) -> tuple[ApiKey, s
     return row, key
 
 
-def authenticate(db: Session | Connection, key: str) -> KeyGrant:
+def authenticate(db: Session | Connection | sqlite3.Connection, key: str) -> KeyGrant:
     """The live key for `key`, else Unauthorized (the message does not say which keys exist)."""
     digest = hash_key(key)
     row = repository.get_key_by_hash(db, digest)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from service.registry.models import Alias, ApiKey, KeyGrant, Optimizer, OptimizerVersion, utcnow
@@ -29,11 +31,18 @@ def get_key(db: Session, key_id: int) -> ApiKey | None:
 _KEY_BY_HASH = "SELECT id, name, prefix, key_hash, scopes, revoked_at FROM api_keys WHERE key_hash = {}"
 
 
-def get_key_by_hash(db: Session | Connection, key_hash: str) -> KeyGrant | None:
-    """The key with this hash as a KeyGrant (a plain value, in no session)."""
-    conn = db.connection() if isinstance(db, Session) else db
-    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    row = conn.exec_driver_sql(_KEY_BY_HASH.format(marker), (key_hash,)).fetchone()
+def get_key_by_hash(db: Session | Connection | sqlite3.Connection, key_hash: str) -> KeyGrant | None:
+    """The key with this hash as a KeyGrant (a plain value, in no session). `db` may be a bare sqlite3
+    connection (Database.key_reader on a SQLite file)."""
+    if isinstance(db, sqlite3.Connection):
+        try:
+            row = db.execute(_KEY_BY_HASH.format("?"), (key_hash,)).fetchone()
+        except sqlite3.Error as exc:
+            raise OperationalError(_KEY_BY_HASH, (key_hash,), exc) from exc
+    else:
+        conn = db.connection() if isinstance(db, Session) else db
+        marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        row = conn.exec_driver_sql(_KEY_BY_HASH.format(marker), (key_hash,)).fetchone()
     if row is None:
         return None
     key_id, name, prefix, digest, scopes, revoked_at = row

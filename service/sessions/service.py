@@ -440,6 +440,9 @@ def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ..
     for name, shape in shapes.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
             raise ValidationError(f"parameter name {name!r} must be a string of 1 to {MAX_NAME_CHARS} characters")
+        if name == wire.METADATA_KEY:
+            raise ValidationError(f"parameter name {name!r} is reserved: safetensors bodies keep their metadata "
+                                  "under it", detail={"name": name})
         if (not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) > wire.MAX_DIMS
                 or not all(type(d) is int and d >= 0 for d in shape)):
             raise ValidationError(f"the shape of {name!r} must be a list of at most {wire.MAX_DIMS} non-negative "
@@ -453,27 +456,27 @@ def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ..
 def flatten_grads(shapes: Mapping[str, tuple[int, ...]], message: StepMessage) -> torch.Tensor:
     """The gradients as one float32 vector in the session's parameter order, or InvalidGradients.
     Finiteness is not checked here (see `non_finite`)."""
-    grads = message.tensors
-    missing = [n for n in shapes if n not in grads]
-    extra = [n for n in grads if n not in shapes]
+    specs = message.specs
+    missing = [n for n in shapes if n not in specs]
+    extra = [n for n in specs if n not in shapes]
     if missing or extra:
         raise InvalidGradients(
             "the gradients must name every parameter of the session exactly once: "
             f"missing {', '.join(map(repr, missing)) or 'none'}; unexpected {', '.join(map(repr, extra)) or 'none'}",
             detail={"missing": missing, "unexpected": extra})
     for name, shape in shapes.items():
-        g = grads[name]
-        if not g.dtype.is_floating_point:
-            raise InvalidGradients(f"the gradient of {name!r} has dtype {g.dtype}, expected a float dtype",
+        dtype, got = specs[name]
+        if not dtype.is_floating_point:
+            raise InvalidGradients(f"the gradient of {name!r} has dtype {dtype}, expected a float dtype",
                                    detail={"name": name})
-        if tuple(g.shape) != shape:
+        if got != shape:
             raise InvalidGradients(
-                f"the gradient of {name!r} has shape {list(g.shape)}, the parameter has shape {list(shape)}",
-                detail={"name": name, "got": list(g.shape), "expected": list(shape)})
+                f"the gradient of {name!r} has shape {list(got)}, the parameter has shape {list(shape)}",
+                detail={"name": name, "got": list(got), "expected": list(shape)})
     if message.packed is not None and message.order == tuple(shapes):
         return message.packed   # float32, back to back in the session's order: the body itself, no copy
     # float32 is what lopt.step computes in; a finite float64 can still overflow it.
-    return torch.cat([grads[name].reshape(-1).to(torch.float32) for name in shapes])
+    return torch.cat([message.tensors[name].reshape(-1).to(torch.float32) for name in shapes])
 
 
 def non_finite(shapes: Mapping[str, tuple[int, ...]], flat: torch.Tensor) -> InvalidGradients:

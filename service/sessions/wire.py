@@ -15,8 +15,10 @@ from it; the tensors are then views of the body itself (no copy) when the body i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +36,7 @@ OCTET_TYPE = "application/octet-stream"
 # hostile length field from making us parse megabytes of JSON.
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_DIMS = 16
+METADATA_KEY = "__metadata__"   # the one header key that is not a tensor
 
 FLOAT_DTYPES: dict[str, torch.dtype] = {
     "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
@@ -69,11 +72,19 @@ class StepMessage:
     """A decoded step request (grads) or answer (updates): tensors by parameter name plus a step number."""
 
     step: int
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
     # A decoded safetensors body whose tensors are all float32 and aligned: all of them as one vector (a
     # view of the body), with their names in the order they lie there.
     packed: torch.Tensor | None = None
     order: tuple[str, ...] = ()
+
+    @property
+    def specs(self) -> Mapping[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Each tensor's dtype and shape by name, read from a decoded body's header without building
+        the tensor."""
+        if isinstance(self.tensors, _BodyTensors):
+            return self.tensors.specs
+        return {name: (t.dtype, tuple(t.shape)) for name, t in self.tensors.items()}
 
 
 Body = bytes | bytearray | memoryview
@@ -86,7 +97,7 @@ def decode(body: Body, fmt: WireFormat, *, field: str = "grads") -> StepMessage:
     step = parse_step(layout.meta.get("step"), "the safetensors metadata")
     packed = layout.packed_float32()
     order = tuple(e[0] for e in layout.entries) if packed is not None else ()
-    return StepMessage(step, layout.tensors(), packed, order)
+    return StepMessage(step, _BodyTensors(layout), packed, order)
 
 
 def encode(message: StepMessage, fmt: WireFormat, *, field: str = "updates") -> bytes:
@@ -115,25 +126,44 @@ class SafetensorsAnswer:
     order), for the step to write its updates straight into. No encoding pass, no copy."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], step: int) -> None:
-        head = _message_header({name: (torch.float32, shape) for name, shape in shapes.items()}, step)
-        n = sum(math.prod(shape) for shape in shapes.values())
-        self.body = bytearray(len(head) + 4 * n)
-        self.body[:len(head)] = head
-        self.values = (torch.frombuffer(self.body, dtype=torch.float32, offset=len(head), count=n) if n
+        before, after, n = _answer_template(tuple(shapes.items()))
+        head = before + str(step).encode() + after
+        head += b" " * (-len(head) % 8)
+        self.body = bytearray(8 + len(head) + 4 * n)
+        self.body[:8] = len(head).to_bytes(8, "little")
+        self.body[8:8 + len(head)] = head
+        self.values = (torch.frombuffer(self.body, dtype=torch.float32, offset=8 + len(head), count=n) if n
                        else torch.empty(0))
 
 
-def _message_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], step: int) -> bytes:
+_STEP_FIELD = b'"__metadata__":{"step":"0"}'
+
+
+@functools.lru_cache(maxsize=1024)
+def _answer_template(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[bytes, bytes, int]:
+    """A float32 answer header for these shapes, split around its step number (a session answers
+    with the same header every step but for that number), and the number of values.
+
+    The split point is unambiguous: a parameter name's quotes are escaped in JSON, so the unescaped
+    metadata field appears once."""
+    head = _message_header({name: (torch.float32, shape) for name, shape in shapes}, 0, padded=False)[8:]
+    zero = head.index(_STEP_FIELD) + len(_STEP_FIELD) - 3
+    return head[:zero], head[zero + 1:], sum(math.prod(shape) for _, shape in shapes)
+
+
+def _message_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], step: int, *,
+                    padded: bool = True) -> bytes:
     """The 8-byte length and the JSON header of a step message, its tensors laid out in `specs`' order;
     padded with spaces so that the data starts 8-byte aligned."""
-    header: dict[str, Any] = {"__metadata__": {"step": str(step)}}
+    header: dict[str, Any] = {METADATA_KEY: {"step": str(step)}}
     offset = 0
     for name, (dtype, shape) in specs.items():
         size = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": ST_DTYPE_OF[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    head += b" " * (-len(head) % 8)
+    if padded:
+        head += b" " * (-len(head) % 8)
     return len(head).to_bytes(8, "little") + head
 
 
@@ -243,20 +273,49 @@ class _Layout:
     meta: dict[str, str]
     entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]]
     data_start: int
-    base: torch.Tensor | None   # the body as uint8, when tensors may view it (a writable buffer)
+
+    @functools.cached_property
+    def base(self) -> torch.Tensor | None:
+        """The body as uint8, when tensors may view it (a writable buffer)."""
+        return torch.frombuffer(self.view, dtype=torch.uint8) if not self.view.readonly and len(self.view) else None
+
+    def tensor(self, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int) -> torch.Tensor:
+        return _tensor(self.view, self.base, dtype, shape, self.data_start + begin, self.data_start + end)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: _tensor(self.view, self.base, dtype, shape, self.data_start + begin, self.data_start + end)
-                for name, dtype, shape, begin, end in self.entries}
+        return {name: self.tensor(dtype, shape, begin, end) for name, dtype, shape, begin, end in self.entries}
 
     def packed_float32(self) -> torch.Tensor | None:
         """Every tensor's data as one float32 vector, a view of the body, when all are float32 and the
         data is 4-byte aligned in memory; else None."""
         size = len(self.view) - self.data_start
-        if (self.base is None or not size or any(e[1] != torch.float32 for e in self.entries)
-                or (self.base.data_ptr() + self.data_start) % 4):
+        if self.view.readonly or not size or any(e[1] != torch.float32 for e in self.entries):
             return None
-        return self.base[self.data_start:].view(torch.float32)
+        packed = torch.frombuffer(self.view, dtype=torch.float32, offset=self.data_start, count=size // 4)
+        return packed if packed.data_ptr() % 4 == 0 else None
+
+
+class _BodyTensors(Mapping[str, torch.Tensor]):
+    """A decoded body's tensors by name, in the order their data lies, each viewed out of the body when
+    first asked for: a step that takes its gradients as one packed vector builds none of them."""
+
+    def __init__(self, layout: _Layout) -> None:
+        self._layout = layout
+        self._entries = {e[0]: e[1:] for e in layout.entries}
+        self.specs = {name: (dtype, shape) for name, (dtype, shape, _, _) in self._entries.items()}
+        self._built: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        built = self._built.get(name)
+        if built is None:
+            built = self._built[name] = self._layout.tensor(*self._entries[name])
+        return built
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _parse_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
@@ -276,7 +335,7 @@ def _parse_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
         raise MalformedBody(f"safetensors header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise MalformedBody("safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop(METADATA_KEY, None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise MalformedBody("safetensors __metadata__ must map names to strings")
 
@@ -292,8 +351,7 @@ def _parse_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
         cursor, prev = end, name
     if cursor != data_len:
         raise MalformedBody(f"safetensors body has {data_len - cursor} bytes after its last tensor")
-    base = torch.frombuffer(view, dtype=torch.uint8) if not view.readonly and len(view) else None
-    return _Layout(view, meta, entries, data_start, base)
+    return _Layout(view, meta, entries, data_start)
 
 
 def _entry(name: str, spec: Any, data_len: int,

@@ -57,3 +57,33 @@ def test_bad_scopes_are_refused_and_nothing_is_written(db, scopes, fragment):
             keys.create_key(s, "x", scopes)
         s.commit()
         assert keys.list_keys(s) == []
+
+
+def test_the_per_request_key_reader_sees_a_revoke_at_once(db):
+    with db.session() as s:
+        row, key = keys.create_key(s, "ci", ["optimize"])
+        s.commit()
+    with db.key_reader() as conn:
+        assert keys.authenticate(conn, key).id == row.id
+    with db.session() as s:   # another connection commits the revoke
+        keys.revoke_key(s, row.id)
+        s.commit()
+    with db.key_reader() as conn:   # on SQLite, the connection this thread kept
+        with pytest.raises(Unauthorized, match="revoked"):
+            keys.authenticate(conn, key)
+
+
+def test_a_key_reader_that_cannot_read_raises_what_the_engine_raises_and_recovers(tmp_path):
+    from service.registry import migrate, repository
+    from service.registry.db import UNREACHABLE
+
+    url = f"sqlite:///{tmp_path / 'l2o.db'}"
+    db = Database(url)
+    try:
+        with pytest.raises(UNREACHABLE, match="no such table"), db.key_reader() as conn:
+            repository.get_key_by_hash(conn, keys.hash_key("l2o_x"))   # the schema is not there yet
+        migrate.ensure_schema(url, embedded=True)
+        with db.key_reader() as conn:
+            assert repository.get_key_by_hash(conn, keys.hash_key("l2o_x")) is None
+    finally:
+        db.dispose()

@@ -239,6 +239,7 @@ async def test_limits_refuse_with_clear_errors(store, versions, clock):
     ({"w": [True]}, "non-negative"),
     ({"w": [0, 3]}, "no coordinates"),
     ({"": [3]}, "parameter name"),
+    ({"__metadata__": [3]}, "reserved"),
 ])
 async def test_bad_shapes_are_refused(svc, store, shapes, match):
     with pytest.raises(ValidationError, match=match):

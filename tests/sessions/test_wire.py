@@ -159,3 +159,33 @@ def test_an_answer_written_in_place_is_the_encoded_answer():
     assert bytes(answer.body) == expected
     decoded = wire.decode(answer.body, WireFormat.SAFETENSORS, field="updates")
     assert decoded.step == 7 and torch.equal(decoded.tensors["b"], parts["b"].view(2, 3))
+
+
+@pytest.mark.parametrize("shapes", [
+    {"w": (3,)},
+    {"Z": (2,), "_x": (1,), "a\"b": (2, 1), "é": (1,)},   # names sorting before and after the metadata, escaped
+])
+@pytest.mark.parametrize("step", [0, 9, 10, 12345678901])   # each length of step number pads differently
+def test_the_cached_answer_header_is_the_encoded_one_for_any_step(shapes, step):
+    n = sum(torch.Size(s).numel() for s in shapes.values())
+    answer = wire.SafetensorsAnswer(shapes, step)
+    values = torch.arange(n, dtype=torch.float32)
+    answer.values.copy_(values)
+    parts = dict(zip(shapes, values.split([torch.Size(s).numel() for s in shapes.values()]), strict=True))
+    expected = wire.encode(StepMessage(step, {k: p.view(shapes[k]) for k, p in parts.items()}),
+                           WireFormat.SAFETENSORS)
+    assert bytes(answer.body) == expected
+
+
+def test_a_decoded_body_builds_only_the_tensors_asked_for():
+    grads = {"b": torch.randn(2, 3), "a": torch.randn(4)}
+    body = bytearray(wire.encode(StepMessage(0, grads), WireFormat.SAFETENSORS, field="grads"))
+    message = wire.decode(body, WireFormat.SAFETENSORS)
+    assert dict(message.specs) == {"b": (torch.float32, (2, 3)), "a": (torch.float32, (4,))}
+    assert list(message.tensors) == ["b", "a"] and len(message.tensors) == 2
+    assert message.tensors._built == {}   # checks and the packed view need no per-tensor views
+    flatten_grads({"b": (2, 3), "a": (4,)}, message)
+    assert message.tensors._built == {}
+    assert torch.equal(message.tensors["a"], grads["a"]) and message.tensors["a"] is message.tensors["a"]
+    with pytest.raises(KeyError):
+        message.tensors["missing"]
