@@ -305,7 +305,8 @@ async def _batching_run(on: bool, steps: int, device: torch.device) -> dict[str,
                          batching=on, device=device)
     fmt = wire.WireFormat.SAFETENSORS
     sessions = [await svc.create("bench", OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
-    bodies = [[wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads")
+    # Writable buffers, as the server reads request bodies (api/body.py): the gradients are viewed in place.
+    bodies = [[bytearray(wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads"))
                for k in range(steps)] for i in range(BATCH_SESSIONS)]
     latencies: list[float] = []
     gc.freeze()   # as `l2o serve` does once started (service/app.py)

@@ -9,7 +9,7 @@ A step request carries the number of steps the session has applied so far, which
     request step == count - 1   a retry whose answer was lost: the stored answer again, byte for byte
     anything else               409 step_conflict, naming the step expected
 
-Steps on one session run one at a time, in arrival order (an asyncio lock per session); steps on
+Steps on one session run one at a time, in arrival order (turns.py: a lock per session); steps on
 different sessions run concurrently, and those that arrive while the LSTM is busy are batched into
 one call (batcher.py; off with batching=False, then each runs `_step`). Store calls and torch work run
 on worker threads, except small steps on the memory store (bodies up to INLINE_BYTES), which run on the
@@ -19,17 +19,15 @@ written, so a refused request leaves the session as it was.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import torch
@@ -52,6 +50,7 @@ from service.sessions import wire
 from service.sessions.batcher import StepBatcher
 from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord
 from service.sessions.store import SessionStore
+from service.sessions.turns import SessionTurns
 from service.sessions.versions import VersionRef, VersionSource
 from service.sessions.wire import StepMessage, WireFormat
 
@@ -83,16 +82,14 @@ class Answer:
     content_type: str
 
 
-@dataclass(frozen=True)
-class StepRequest:
+class StepRequest(NamedTuple):   # a tuple: made for every step, and cheaper to make than a dataclass
     owner: str
     session_id: str
     body: bytes | bytearray
     fmt: WireFormat
 
 
-@dataclass(frozen=True)
-class PendingStep:
+class PendingStep(NamedTuple):
     """A checked step request, ready for the LSTM: where its results go, and what commits them."""
 
     record: SessionRecord
@@ -122,7 +119,7 @@ class SessionService:
         self.clock = clock
         self._weights: dict[str, tuple[OptimizerConfig, dict[str, torch.Tensor]]] = {}  # by digest
         self._weights_lock = threading.Lock()
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._turns = SessionTurns()   # one step at a time per session, in arrival order
         # Steps of different sessions that arrive together run as one LSTM call (bit-identical to
         # running them one by one); off, each step is its own call.
         # Small steps on a memory store run on the event loop (see StepBatcher.inline_bytes); a Redis
@@ -151,17 +148,17 @@ class SessionService:
         return await anyio.to_thread.run_sync(self._list, str(owner))
 
     async def delete(self, owner: str, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self._turns.of(session_id):
             await anyio.to_thread.run_sync(self._delete, str(owner), session_id)
 
     async def export_state(self, owner: str, session_id: str) -> bytes:
         """The session's LSTM state and step count as safetensors, with the version and digest in metadata."""
-        async with self._lock(session_id):
+        async with self._turns.of(session_id):
             return await anyio.to_thread.run_sync(self._export, str(owner), session_id)
 
     async def step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
         # The lock is taken before anything is awaited, so steps queue in the order they arrived.
-        async with self._lock(session_id):
+        async with self._turns.of(session_id):
             if self.batcher is not None:
                 return await self.batcher.submit(StepRequest(str(owner), session_id, body, fmt))
             if len(body) <= self.inline_bytes:
@@ -409,13 +406,6 @@ class SessionService:
             weights = {k: v.to(torch.float32).contiguous().to(self.device) for k, v in checkpoint.weights.items()}
             self._weights[digest] = (checkpoint.config, weights)
             return self._weights[digest]
-
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = asyncio.Lock()  # asyncio.Lock wakes waiters first come, first served: steps stay in order
-            self._locks[session_id] = lock
-        return lock
 
 
 # --- checks and conversions shared by create and step ----------------------------------------------------
