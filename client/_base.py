@@ -31,6 +31,7 @@ from client._exceptions import (
     SessionNotFoundError,
     error_class,
 )
+from client._http11 import request_head
 
 log = logging.getLogger("l2o.client")
 
@@ -100,6 +101,8 @@ class BaseClient:
                         **(headers or {})}
         # Sessions this client opened and has not deleted: a 404 on one of them means the server lost it.
         self._own_sessions: set[str] = set()
+        url = httpx.URL(self.base_url)
+        self._target = (url.host, url.port or 80, url.raw_path.rstrip(b"/"), url.netloc)   # for lean_request
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -114,6 +117,16 @@ class BaseClient:
                 "timeout": options.timeout or self.timeout}
 
     # --- retries ------------------------------------------------------------------------------------------------
+
+    def lean_request(self, options: RequestOptions) -> tuple[str, int, bytes, bytes]:
+        """A lean request written out: (host, port, head, body), the bytes httpx would send for it."""
+        host, port, prefix, netloc = self._target
+        body = options.content or b""
+        headers = {**self.headers, **(options.headers or {})}
+        head = request_head(options.method.encode(), prefix + options.path.encode(), [
+            (b"Host", netloc), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+            (b"Content-Length", b"%d" % len(body))])
+        return host, port, head, body
 
     def should_retry(self, options: RequestOptions, attempt: int, *, response: httpx.Response | None = None,
                      error: Exception | None = None) -> bool:

@@ -18,7 +18,8 @@ import httpx
 
 from client._base import BaseClient, RequestOptions
 from client._constants import DEFAULT_MAX_RETRIES
-from client._http11 import Http11Transport, request_head
+from client._http11 import Http11Transport
+from client._http11_async import AsyncHttp11Transport, _on_asyncio
 from client.resources.jobs import AsyncJobs, Jobs
 from client.resources.optimizers import AsyncOptimizers, Optimizers
 from client.resources.sessions import AsyncSessions, Sessions
@@ -41,9 +42,6 @@ class Client(BaseClient):
         self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
         # Lean requests need this client's own transport and a plain http:// server.
         self._lean = own if own is not None and url.scheme == "http" else None
-        self._where = (url.host, url.port or 80)
-        self._prefix = url.raw_path.rstrip(b"/")
-        self._netloc = url.netloc
         self.optimizers = Optimizers(self)
         self.sessions = Sessions(self)
         self.jobs = Jobs(self)
@@ -77,13 +75,8 @@ class Client(BaseClient):
     def _send_lean(self, options: RequestOptions) -> httpx.Response:
         """The request written straight to the transport: the same bytes httpx would send, without the
         objects it builds around them. An error answer gets its httpx.Request attached afterwards."""
-        body = options.content or b""
-        headers = {**self.headers, **(options.headers or {})}
-        raw = request_head(options.method.encode(), self._prefix + options.path.encode(), [
-            (b"Host", self._netloc), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-            (b"Content-Length", b"%d" % len(body))])
-        host, port = self._where
-        response = self._lean.send_bytes(host, port, raw, body, (options.timeout or self.timeout).as_dict())
+        host, port, head, body = self.lean_request(options)
+        response = self._lean.send_bytes(host, port, head, body, (options.timeout or self.timeout).as_dict())
         if not response.is_success:
             response.request = self._http.build_request(**self.request_args(options))
         return response
@@ -120,7 +113,10 @@ class AsyncClient(BaseClient):
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(transport=transport, follow_redirects=True)
+        url = httpx.URL(self.base_url)
+        own = AsyncHttp11Transport() if http_client is None and transport is None and not _proxied(url) else None
+        self._http = http_client or httpx.AsyncClient(transport=transport or own, follow_redirects=True)
+        self._lean = own if own is not None and url.scheme == "http" else None
         self.optimizers = AsyncOptimizers(self)
         self.sessions = AsyncSessions(self)
         self.jobs = AsyncJobs(self)
@@ -128,12 +124,15 @@ class AsyncClient(BaseClient):
     async def send(self, options: RequestOptions) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request(**self.request_args(options))
+            lean = options.lean and self._lean is not None and _on_asyncio()
+            request = None if lean else self._http.build_request(**self.request_args(options))
             try:
-                response = await self._http.send(request, stream=options.stream)
+                response = await self._send_lean(options) if lean else await self._http.send(
+                    request, stream=options.stream)
             except httpx.TransportError as exc:
                 if not self.should_retry(options, attempt, error=exc):
-                    raise self.connection_error(exc, request) from exc
+                    raise self.connection_error(exc, request or self._http.build_request(
+                        **self.request_args(options))) from exc
                 delay = self.retry_delay(attempt)
                 self.log_retry(options, attempt, delay, type(exc).__name__)
             else:
@@ -147,6 +146,14 @@ class AsyncClient(BaseClient):
                 self.log_retry(options, attempt, delay, f"HTTP {response.status_code}")
             await anyio.sleep(delay)
             attempt += 1
+
+    async def _send_lean(self, options: RequestOptions) -> httpx.Response:
+        """As Client._send_lean, awaited."""
+        host, port, head, body = self.lean_request(options)
+        response = await self._lean.send_bytes(host, port, head, body, (options.timeout or self.timeout).as_dict())
+        if not response.is_success:
+            response.request = self._http.build_request(**self.request_args(options))
+        return response
 
     async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.send(RequestOptions(method, path, **kwargs))

@@ -59,7 +59,7 @@ class Http11Transport(httpx.BaseTransport):
             if framing != "length":
                 stream = (_ChunkedStream if framing == "chunked" else _UntilClose)(sock, rest, request)
                 return httpx.Response(status, headers=headers, stream=stream, request=request)
-            content = _read_exactly(sock, int(_header(headers, b"content-length") or 0), rest, request)
+            content = _read_exactly(sock, body_length(request, status, headers), rest, request)
             response = httpx.Response(status, headers=headers, content=content, request=request)
         except BaseException:
             sock.close()
@@ -158,20 +158,30 @@ def _read_head(sock: socket.socket, request: httpx.Request | None) -> tuple[int,
                                                 request=request)
             data += chunk
             end = data.find(b"\r\n\r\n")
-        lines = data[:end].split(b"\r\n")
+        status, headers = parse_head(data[:end], request)
         data = data[end + 4:]
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise httpx.RemoteProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}", request=request)
-        status = int(parts[1])
-        headers = []
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
-            headers.append((name.strip(), value.strip()))
-        if status >= 200 or status == 101:
+        if is_final(status):
             return status, headers, data
+
+
+def parse_head(head: bytes, request: httpx.Request | None) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """The status and headers of a response head (up to, not including, its blank line)."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise httpx.RemoteProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}", request=request)
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
+        headers.append((name.strip(), value.strip()))
+    return int(parts[1]), headers
+
+
+def is_final(status: int) -> bool:
+    """Not an informational answer (100 Continue and the like), which a final one follows."""
+    return status >= 200 or status == 101
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -195,6 +205,13 @@ def _framing(request: httpx.Request | None, status: int, headers: list[tuple[byt
             raise httpx.RemoteProtocolError(f"malformed Content-Length {length!r}", request=request)
         return "length"
     return "close"
+
+
+def body_length(request: httpx.Request | None, status: int, headers: list[tuple[bytes, bytes]]) -> int:
+    """The bytes of a Content-Length framed body: none for a HEAD request or a 204 or 304 answer."""
+    if request is not None and request.method == "HEAD" or status in NO_BODY_STATUSES:
+        return 0
+    return int(_header(headers, b"content-length") or 0)
 
 
 def _keeps_alive(headers: list[tuple[bytes, bytes]]) -> bool:

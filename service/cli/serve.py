@@ -39,10 +39,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         db.dispose()
+    # Access lines are written at info; above it, uvicorn would still build each line's fields for nothing.
+    logs = {"log_level": settings.log_level,
+            "access_log": logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO) <= logging.INFO}
     if settings.workers > 1:
         # Each worker process builds its own app from the same environment.
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level=settings.log_level)
+                    workers=settings.workers, **logs)
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **logs)
     return 0

@@ -3,11 +3,14 @@ and the server's kernel in another process making the same updates as LocalOptim
 
 from __future__ import annotations
 
+import asyncio
 import os
 
+import numpy as np
+import pytest
 import torch
 
-from client import Client, LocalOptimizer, RemoteOptimizer
+from client import AsyncClient, Client, LocalOptimizer, RemoteOptimizer, SessionNotFoundError, StepConflictError
 from service.cli.demo import ServerProcess
 from service.lopt import Checkpoint
 from tests.client.test_optimizer import mlp, same, train
@@ -41,3 +44,27 @@ def test_the_sdk_against_l2o_serve(tmp_path, monkeypatch):
             assert same(remote_model, local_model)
             assert l2o.sessions.get(resumed.session_id).step == 5
             assert torch.isfinite(next(remote_model.parameters())).all()
+
+            # The async client, on its own HTTP/1.1 transport, gets the blocking client's bits.
+            grads = {"w": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}
+            blocking = l2o.sessions.create("shipped", {"w": [2, 3]})
+            expected = [l2o.sessions.step(blocking.id, step=k, grads=grads).updates["w"] for k in range(2)]
+            assert asyncio.run(_async_steps(url, grads, expected))
+
+
+async def _async_steps(url: str, grads: dict, expected: list) -> bool:
+    async with AsyncClient(url) as l2o:
+        assert l2o._lean is not None
+        session = await l2o.sessions.create("shipped", {"w": [2, 3]})
+        first = await l2o.sessions.step(session.id, step=0, grads=grads)
+        replay = await l2o.sessions.step(session.id, step=0, grads=grads, wire="json")
+        second = await l2o.sessions.step(session.id, step=1, grads=grads)
+        assert np.array_equal(first.updates["w"], expected[0]) and np.array_equal(second.updates["w"], expected[1])
+        assert np.array_equal(replay.updates["w"], expected[0])
+        with pytest.raises(StepConflictError) as conflict:
+            await l2o.sessions.step(session.id, step=5, grads=grads)
+        assert conflict.value.response.request.url.path.endswith("/step")   # an error keeps its request
+        await l2o.sessions.delete(session.id)
+        with pytest.raises(SessionNotFoundError):
+            await l2o.sessions.step(session.id, step=2, grads=grads)
+    return True
