@@ -55,7 +55,7 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
 
     async def _exchange(self, where: tuple[str, int], head: bytes, body: bytes,
                         timeouts: dict[str, float | None], request: httpx.Request | None) -> httpx.Response:
-        loop, reader, writer = conn = await self._checkout(where, request, timeouts.get("connect"))
+        _, reader, writer = conn = await self._checkout(where, request, timeouts.get("connect"))
         try:
             try:
                 async with asyncio.timeout(timeouts.get("write")):
@@ -70,7 +70,7 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
             except OSError as exc:
                 raise httpx.WriteError(str(exc), request=request) from exc
             read = timeouts.get("read")
-            async with _reading(request, read):
+            async with _Reading(request, read):
                 status, headers = await _read_head(reader, request)
                 framing = _framing(request, status, headers)
                 if framing == "length":
@@ -136,7 +136,7 @@ def _close(conn: Connection) -> None:
         pass
 
 
-class _reading:
+class _Reading:
     """Reads under the read timeout, with asyncio's errors as httpx's."""
 
     def __init__(self, request: httpx.Request | None, timeout: float | None) -> None:
@@ -181,7 +181,7 @@ class _Chunked(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            async with _reading(self.request, self.timeout):
+            async with _Reading(self.request, self.timeout):
                 size_field = (await self.reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()
                 try:
                     size = int(size_field, 16)
@@ -206,7 +206,7 @@ class _UntilClose(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            async with _reading(self.request, self.timeout):
+            async with _Reading(self.request, self.timeout):
                 chunk = await self.reader.read(READ_BYTES)
             if not chunk:
                 return

@@ -89,9 +89,14 @@ def worker_process(settings: Settings, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
+ITERATIONS = 200
+
+
 def test_killed_worker_resumes_from_its_checkpoint(settings, tmp_path):
-    job_id = make_job(settings, tiny_spec("survivor", training={"iterations": 40, "resume_every": 4,
-                                                                "eval_every": 10}))
+    # Long enough that the job is still running when this test sees its first checkpoint, however fast
+    # the machine trains: 40 iterations once finished between two looks.
+    job_id = make_job(settings, tiny_spec("survivor", training={"iterations": ITERATIONS, "resume_every": 4,
+                                                                "eval_every": 50}))
     log = tmp_path / "worker.log"
     proc = worker_process(settings, log)
     try:
@@ -106,7 +111,7 @@ def test_killed_worker_resumes_from_its_checkpoint(settings, tmp_path):
     killed = read(settings, job_id)
     assert killed.state == "running" and killed.lease_owner.split("/")[1] == str(proc.pid), log.read_text()
     at = ResumeCheckpoint.from_bytes(killed.resume_checkpoint).iteration
-    assert 0 < at < 40 and at % 4 == 0 and killed.iteration >= at
+    assert 0 < at < ITERATIONS and at % 4 == 0 and killed.iteration >= at
 
     # A worker started after the crash takes the job over (procrastinate once the dead worker's heartbeat is
     # overdue) and resumes it where the checkpoint left it.
@@ -114,7 +119,7 @@ def test_killed_worker_resumes_from_its_checkpoint(settings, tmp_path):
              what="a new worker to take the job over")
     done = read(settings, job_id)
     assert done.state == "succeeded", done.error
-    assert done.resumed_from == at and done.attempts == 2 and done.iteration == 40
+    assert done.resumed_from == at and done.attempts == 2 and done.iteration == ITERATIONS
     assert done.resume_checkpoint is None and done.lease_owner is None
     assert versions_of(settings, job_id) == 1
     # The curve has each iteration once: those the killed worker trained past its checkpoint were dropped
@@ -125,8 +130,8 @@ def test_killed_worker_resumes_from_its_checkpoint(settings, tmp_path):
             points = repo.points(s, job_id)
     finally:
         db.dispose()
-    assert [p.iteration for p in points] == list(range(1, 41))
-    assert [p.iteration for p in points if p.eval_loss is not None] == [10, 20, 30, 40]
+    assert [p.iteration for p in points] == list(range(1, ITERATIONS + 1))
+    assert [p.iteration for p in points if p.eval_loss is not None] == [50, 100, 150, 200]
 
 
 class Runner:
