@@ -66,8 +66,10 @@ class Database:
         # Objects stay readable after commit, so a handler can commit and then build its response.
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         parsed = make_url(url)
+        # A plain SQLite file gets the kept key reader; an in-memory database or a URI with options
+        # (sqlite:///file:...?mode=ro&uri=true) is read through the engine, which knows what they mean.
         self._sqlite_file = (parsed.database if parsed.get_backend_name() == "sqlite" and parsed.database
-                             and parsed.database != ":memory:" else None)
+                             and parsed.database != ":memory:" and not parsed.query else None)
         self._readers = threading.local()
 
     @property

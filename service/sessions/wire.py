@@ -126,7 +126,11 @@ class SafetensorsAnswer:
     order), for the step to write its updates straight into. No encoding pass, no copy."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], step: int) -> None:
-        before, after, n = _answer_template(tuple(shapes.items()))
+        # Most models have a few dozen parameters: their templates are kept. A header of many thousands
+        # is made afresh, so the cache stays small (at most TEMPLATES x TEMPLATE_PARAMETERS names).
+        items = tuple(shapes.items())
+        before, after, n = (_answer_template(items) if len(items) <= TEMPLATE_PARAMETERS
+                            else _answer_template.__wrapped__(items))
         head = before + str(step).encode() + after
         head += b" " * (-len(head) % 8)
         self.body = bytearray(8 + len(head) + 4 * n)
@@ -137,9 +141,10 @@ class SafetensorsAnswer:
 
 
 _STEP_FIELD = b'"__metadata__":{"step":"0"}'
+TEMPLATES, TEMPLATE_PARAMETERS = 128, 256
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=TEMPLATES)
 def _answer_template(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[bytes, bytes, int]:
     """A float32 answer header for these shapes, split around its step number (a session answers
     with the same header every step but for that number), and the number of values.

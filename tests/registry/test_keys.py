@@ -87,3 +87,21 @@ def test_a_key_reader_that_cannot_read_raises_what_the_engine_raises_and_recover
             assert repository.get_key_by_hash(conn, keys.hash_key("l2o_x")) is None
     finally:
         db.dispose()
+
+
+def test_a_sqlite_uri_with_options_is_read_through_the_engine(tmp_path):
+    from service.registry import migrate, repository
+
+    path = tmp_path / "l2o.db"
+    migrate.ensure_schema(f"sqlite:///{path}", embedded=True)
+    writer = Database(f"sqlite:///{path}")
+    with writer.session() as s:
+        row, key = keys.create_key(s, "ci", ["optimize"])
+        s.commit()
+    writer.dispose()
+    db = Database(f"sqlite:///file:{path}?mode=ro&uri=true")   # read-only, as the URI says
+    try:
+        with db.key_reader() as conn:
+            assert repository.get_key_by_hash(conn, keys.hash_key(key)).id == row.id
+    finally:
+        db.dispose()

@@ -164,6 +164,7 @@ def test_an_answer_written_in_place_is_the_encoded_answer():
 @pytest.mark.parametrize("shapes", [
     {"w": (3,)},
     {"Z": (2,), "_x": (1,), "a\"b": (2, 1), "é": (1,)},   # names sorting before and after the metadata, escaped
+    {f"p{i}": (1,) for i in range(wire.TEMPLATE_PARAMETERS + 1)},   # too many to keep: made afresh
 ])
 @pytest.mark.parametrize("step", [0, 9, 10, 12345678901])   # each length of step number pads differently
 def test_the_cached_answer_header_is_the_encoded_one_for_any_step(shapes, step):
