@@ -12,7 +12,9 @@ the same threads. From those, a step's floor per coordinate is
 
 (about 10,000 flops and 320 bytes for the default 2 x 20 LSTM; the copy reads and writes the state
 once, as a step must). Times are medians, in nanoseconds per coordinate; a measurement whose samples
-spread too much is re-measured.
+spread too much is re-measured. Up to 100,000 coordinates the step and the remote binary step are
+also timed 8 calls back to back: round-robin, every call starts with its state out of the caches and
+its threads asleep (as after a training step's own work); back to back shows the step with both warm.
 
 With `--device cuda` everything runs on the GPU instead (sizes 100,000 to 10,000,000 by default): the
 reference and our step (compiled, see service/lopt/pointwise.py) on the device, the limits from the
@@ -64,6 +66,7 @@ BATCH_SESSIONS, BATCH_COORDS = 64, 1_000
 BATCH_STEPS, BATCH_STEPS_QUICK = 40, 10
 BATCH_RUNS, BATCH_RUNS_QUICK = 3, 1
 REFERENCE_CHUNK = 16_384
+BACK_TO_BACK, BACK_TO_BACK_MAX_COORDS = 8, 100_000
 NOISY_SPREAD = 0.25      # interquartile range / median above which a measurement is taken again
 MAX_EXTRA_ROUNDS = 2
 
@@ -215,10 +218,35 @@ def server_env(bench: Bench, **more: str) -> dict[str, str]:
             "L2O_SESSION_MAX_STATE_BYTES": str(max(8 * state_nbytes(bench.config, most), 2 * 1024**3)), **more}
 
 
+def step_back_to_back_ns(bench: Bench, n: int) -> Callable[[], object] | None:
+    """The step, BACK_TO_BACK times in a row: what it costs with its state and code still in the caches
+    and its threads awake, against the round-robin figure where every call starts cold."""
+    return _back_to_back(step_ns(bench, n), n)
+
+
+def remote_binary_back_to_back_ns(bench: Bench, n: int) -> Callable[[], object] | None:
+    """The remote binary step, BACK_TO_BACK times in a row: a client stepping with nothing in between."""
+    call = remote_binary_ns(bench, n)
+    return None if call is None else _back_to_back(call, n)
+
+
+def _back_to_back(call: Callable[[], object], n: int) -> Callable[[], object] | None:
+    """Above BACK_TO_BACK_MAX_COORDS a call is long enough that starting cold is a small part of it."""
+    if n > BACK_TO_BACK_MAX_COORDS:
+        return None
+
+    def calls() -> None:
+        for _ in range(BACK_TO_BACK):
+            call()
+    calls.calls = BACK_TO_BACK   # type: ignore[attr-defined]  # measure_size divides by it
+    return calls
+
+
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
     reference_ns, reference_1thread_ns, reference_chunked_ns,
     step_ns, step_pure_ns, step_bf16_ns,
     remote_binary_ns, remote_json_ns,
+    step_back_to_back_ns, remote_binary_back_to_back_ns,
 ]
 
 
@@ -438,7 +466,8 @@ def spread(samples: list[float]) -> float:
 def measure_size(bench: Bench, n: int) -> dict[str, Any]:
     """Each measurement's median wall time per coordinate (its key), the spread of its samples and its
     median CPU time per coordinate over all threads (`..._cpu_ns`: what the step costs the machine,
-    which other processes' load changes far less than the wall time)."""
+    which other processes' load changes far less than the wall time). A callable with a `calls`
+    attribute makes that many steps per timed call."""
     calls = {fn.__name__: fn(bench, n) for fn in SIZE_MEASUREMENTS}
     timed = {name: call for name, call in calls.items() if call is not None}
     walls: dict[str, list[float]] = {name: [] for name in timed}
@@ -458,8 +487,9 @@ def measure_size(bench: Bench, n: int) -> dict[str, Any]:
     row: dict[str, Any] = {name: None for name in calls}
     for name in timed:
         stem = name.removesuffix("_ns")
-        row[name] = statistics.median(walls[name]) / n * 1e9
-        row[f"{stem}_cpu_ns"] = statistics.median(cpus[name]) / n * 1e9
+        coords = n * getattr(timed[name], "calls", 1)
+        row[name] = statistics.median(walls[name]) / coords * 1e9
+        row[f"{stem}_cpu_ns"] = statistics.median(cpus[name]) / coords * 1e9
         row[f"{stem}_spread"] = round(spread(walls[name]), 3)
     row.update(agreement(bench, n))
     return row
@@ -489,6 +519,9 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
         for wire in ("binary", "json"):
             if row.get(f"remote_{wire}_ns") and row.get("step_ns"):
                 row[f"remote_{wire}_over_step"] = row[f"remote_{wire}_ns"] / row["step_ns"]
+        if row.get("remote_binary_back_to_back_ns") and row.get("step_back_to_back_ns"):
+            row["remote_binary_over_step_back_to_back"] = (row["remote_binary_back_to_back_ns"]
+                                                           / row["step_back_to_back_ns"])
 
 
 def table(result: dict[str, Any]) -> str:
@@ -511,6 +544,11 @@ def table(result: dict[str, Any]) -> str:
         cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:7]
                         if row.get(key) is not None)
         lines.append(f"CPU ns per coordinate, all threads, at {int(n):,}: {cpu}")
+    for n, row in result["sizes"].items():
+        if row.get("remote_binary_over_step_back_to_back"):
+            lines.append(f"{BACK_TO_BACK} calls back to back at {int(n):,}: step {row['step_back_to_back_ns']:.1f}, "
+                         f"remote bin {row['remote_binary_back_to_back_ns']:.1f} ns per coordinate: "
+                         f"{row['remote_binary_over_step_back_to_back']:.2f}x")
     lim, env = result["limit"], result["environment"]
     where = env.get("device", "cpu") if env.get("device", "cpu") != "cpu" else f"{env['threads']} threads"
     lines.append(f"ns per coordinate, medians; limit from {lim['matmul_gflops']:.1f} GFLOP/s and "

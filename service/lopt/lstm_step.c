@@ -53,7 +53,13 @@
 
 #define NF (NL * 2 * HID)          /* state floats per coordinate: (layer, h|c, unit) */
 #define NBLK (HID / JB)
-#define CHUNK_TILES 64             /* tiles a thread claims at a time */
+/* Coordinates a thread claims at a time, whatever the vector width: small enough that a step of a
+   thousand coordinates is shared by two threads (a claim costs one atomic add), large enough that
+   claims stay rare next to the work. */
+#ifndef UNIT_COORDS
+#define UNIT_COORDS 256
+#endif
+#define CHUNK_TILES (UNIT_COORDS / VL > 0 ? UNIT_COORDS / VL : 1)
 #define PREFETCH_TILES 4           /* how far ahead the input state is fetched */
 #define STREAM_BYTES (32 << 20)    /* outputs at least this large are streamed past the cache */
 
@@ -541,6 +547,7 @@ void l2o_set_spin_us(long long us) { __atomic_store_n(&spin_ns, us > 0 ? us * 10
 
 int l2o_lanes(void) { return VL; }
 int l2o_unit_block(void) { return JB; }
+int l2o_unit_coords(void) { return CHUNK_TILES * VL; }
 
 #define MAX_SEGMENTS 4096
 

@@ -148,6 +148,7 @@ class NativeKernel:
         self.lib.l2o_set_spin_us(spin_us())
         self.lanes = self.lib.l2o_lanes()
         self.unit_block = self.lib.l2o_unit_block()   # the C source picks it for the host's registers
+        self.unit_coords = self.lib.l2o_unit_coords()   # coordinates a thread claims at a time
         self._packed: dict[tuple, tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
 

@@ -116,6 +116,17 @@ def test_native_kernel_is_invariant_to_offset_and_thread_count(monkeypatch):
         assert torch.equal(u, u1[start:stop]) and torch.equal(s.hc, s1.hc[start:stop])
 
 
+def test_native_kernel_shares_a_thousand_coordinates_between_threads(monkeypatch):
+    """Threads claim work in units: a unit as large as a whole small step would leave the second
+    thread idle for it (a 1,000-coordinate step took twice as long on an AVX-512 machine)."""
+    monkeypatch.setenv("L2O_KERNEL", "native")
+    config = OptimizerConfig()
+    require_native(config)
+    unit = native.load(config).unit_coords
+    assert 0 < unit <= 500
+    assert unit % native.load(config).lanes == 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_kernel_streams_large_outputs_with_the_same_bits(monkeypatch, dtype):
     """Outputs past 32 MB are written around the cache; the bits must not change."""
