@@ -55,11 +55,9 @@
 #define NBLK (HID / JB)
 /* Coordinates a thread claims at a time, whatever the vector width: small enough that a step of a
    thousand coordinates is shared by two threads (a claim costs one atomic add), large enough that
-   claims stay rare next to the work. */
-#ifndef UNIT_COORDS
+   claims stay rare next to the work. A multiple of every VL. */
 #define UNIT_COORDS 256
-#endif
-#define CHUNK_TILES (UNIT_COORDS / VL > 0 ? UNIT_COORDS / VL : 1)
+#define CHUNK_TILES (UNIT_COORDS / VL)
 #define PREFETCH_TILES 4           /* how far ahead the input state is fetched */
 #define STREAM_BYTES (32 << 20)    /* outputs at least this large are streamed past the cache */
 

@@ -122,9 +122,9 @@ def test_native_kernel_shares_a_thousand_coordinates_between_threads(monkeypatch
     monkeypatch.setenv("L2O_KERNEL", "native")
     config = OptimizerConfig()
     require_native(config)
-    unit = native.load(config).unit_coords
-    assert 0 < unit <= 500
-    assert unit % native.load(config).lanes == 0
+    kernel_ = native.load(config)
+    assert 0 < kernel_.unit_coords <= 500
+    assert kernel_.unit_coords % kernel_.lanes == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
