@@ -18,7 +18,7 @@ import httpx
 
 from client._base import BaseClient, RequestOptions
 from client._constants import DEFAULT_MAX_RETRIES
-from client._http11 import Http11Transport
+from client._http11 import MAX_CONNECTIONS_PER_HOST, Http11Transport
 from client._http11_async import AsyncHttp11Transport, _on_asyncio
 from client.resources.jobs import AsyncJobs, Jobs
 from client.resources.optimizers import AsyncOptimizers, Optimizers
@@ -27,18 +27,21 @@ from client.resources.sessions import AsyncSessions, Sessions
 
 class Client(BaseClient):
     """A blocking client. `http_client` (any httpx.Client, e.g. a TestClient) or `transport` replace the
-    default connection pool (Http11Transport: kept-alive sockets, bodies read in one piece); the client
-    closes only what it created."""
+    default connection pool (Http11Transport: kept-alive sockets, bodies read in one piece, at most
+    `max_connections` to the server at once, more requests waiting up to the pool timeout for one); the
+    client closes only what it created."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float | httpx.Timeout | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
                  headers: Mapping[str, str] | None = None, http_client: httpx.Client | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 max_connections: int = MAX_CONNECTIONS_PER_HOST) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
         url = httpx.URL(self.base_url)
         # Through a proxy named in the environment, httpx's own transport goes (it honours those variables).
-        own = Http11Transport() if http_client is None and transport is None and not _proxied(url) else None
+        pooled = http_client is None and transport is None and not _proxied(url)
+        own = Http11Transport(max_connections=max_connections) if pooled else None
         self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
         # Lean requests need this client's own transport and a plain http:// server.
         self._lean = own if own is not None and url.scheme == "http" else None
@@ -105,16 +108,19 @@ def _proxied(url: httpx.URL) -> bool:
 
 
 class AsyncClient(BaseClient):
-    """The async client: the same resources, each call awaited."""
+    """The async client: the same resources, each call awaited; its own pool (AsyncHttp11Transport) keeps
+    to `max_connections` per event loop."""
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *,
                  timeout: float | httpx.Timeout | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
                  headers: Mapping[str, str] | None = None, http_client: httpx.AsyncClient | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = MAX_CONNECTIONS_PER_HOST) -> None:
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
         url = httpx.URL(self.base_url)
-        own = AsyncHttp11Transport() if http_client is None and transport is None and not _proxied(url) else None
+        pooled = http_client is None and transport is None and not _proxied(url)
+        own = AsyncHttp11Transport(max_connections=max_connections) if pooled else None
         self._http = http_client or httpx.AsyncClient(transport=transport or own, follow_redirects=True)
         self._lean = own if own is not None and url.scheme == "http" else None
         self.optimizers = AsyncOptimizers(self)

@@ -18,19 +18,24 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import httpx
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE_PER_HOST = 8
+# As httpx's pool: a burst of threads on one client waits for a connection instead of opening one each.
+MAX_CONNECTIONS_PER_HOST = 100
 READ_BYTES = 256 * 1024
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class Http11Transport(httpx.BaseTransport):
-    def __init__(self, fallback: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, fallback: httpx.BaseTransport | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS_PER_HOST) -> None:
         self._fallback = fallback or httpx.HTTPTransport()
+        self._max_connections = check_max_connections(max_connections)
+        self._slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -50,25 +55,30 @@ class Http11Transport(httpx.BaseTransport):
 
     def _exchange(self, where: tuple[str, int], head: bytes, body: bytes, timeouts: dict[str, float | None],
                   request: httpx.Request | None) -> httpx.Response:
-        sock = self._checkout(where, request, timeouts.get("connect"))
+        slot = self._take_slot(where, timeouts.get("pool"), request)
         try:
-            _send(sock, head, body, timeouts.get("write"), request)
-            sock.settimeout(timeouts.get("read"))
-            status, headers, rest = _read_head(sock, request)
-            framing = _framing(request, status, headers)
-            if framing != "length":
-                stream = (_ChunkedStream if framing == "chunked" else _UntilClose)(sock, rest, request)
-                return httpx.Response(status, headers=headers, stream=stream, request=request)
-            content = _read_exactly(sock, body_length(request, status, headers), rest, request)
-            response = httpx.Response(status, headers=headers, content=content, request=request)
-        except BaseException:
-            sock.close()
-            raise
-        if _keeps_alive(headers):
-            self._checkin(where, sock)
-        else:
-            sock.close()
-        return response
+            sock = self._checkout(where, request, timeouts.get("connect"))
+            try:
+                _send(sock, head, body, timeouts.get("write"), request)
+                sock.settimeout(timeouts.get("read"))
+                status, headers, rest = _read_head(sock, request)
+                framing = _framing(request, status, headers)
+                if framing != "length":
+                    stream = (_ChunkedStream if framing == "chunked" else _UntilClose)(sock, rest, request, slot)
+                    return httpx.Response(status, headers=headers, stream=stream, request=request)
+                content = _read_exactly(sock, body_length(request, status, headers), rest, request)
+                response = httpx.Response(status, headers=headers, content=content, request=request)
+            except BaseException:
+                sock.close()
+                raise
+            if _keeps_alive(headers):
+                self._checkin(where, sock)
+            else:
+                sock.close()
+            return response
+        finally:
+            if not slot.streamed:
+                slot.give_back()
 
     def close(self) -> None:
         with self._lock:
@@ -80,6 +90,15 @@ class Http11Transport(httpx.BaseTransport):
         self._fallback.close()
 
     # --- connections ------------------------------------------------------------------------------------
+
+    def _take_slot(self, where: tuple[str, int], timeout: float | None, request: httpx.Request | None) -> Slot:
+        with self._lock:
+            semaphore = self._slots.get(where)
+            if semaphore is None:
+                semaphore = self._slots[where] = threading.BoundedSemaphore(self._max_connections)
+        if not semaphore.acquire(timeout=timeout):
+            raise pool_timeout(where, timeout, self._max_connections, request)
+        return Slot(semaphore.release)
 
     def _checkout(self, where: tuple[str, int], request: httpx.Request | None, timeout: float | None) -> socket.socket:
         while True:
@@ -109,6 +128,32 @@ class Http11Transport(httpx.BaseTransport):
                 idle.append(sock)
                 return
         sock.close()
+
+
+class Slot:
+    """One of a host's connections in use. It is given back once: when the answer has been read, or, for
+    an answer read as the caller iterates, when that stream is closed."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+        self.streamed = False   # a stream holds it, and gives it back when closed
+
+    def give_back(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def check_max_connections(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"max_connections must be a whole number of at least 1, got {n!r}")
+    return n
+
+
+def pool_timeout(where: tuple[str, int], timeout: float | None, limit: int,
+                 request: httpx.Request | None) -> httpx.PoolTimeout:
+    return httpx.PoolTimeout(f"no connection to {where[0]}:{where[1]} came free within {timeout} s "
+                             f"(at most {limit} at once)", request=request)
 
 
 def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
@@ -243,8 +288,9 @@ def _read_exactly(sock: socket.socket, n: int, rest: bytes, request: httpx.Reque
 class _ChunkedStream(httpx.SyncByteStream):
     """A chunked body, read as the caller iterates (a job's event stream runs for as long as the job)."""
 
-    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None) -> None:
-        self.sock, self.buffer, self.request = sock, rest, request
+    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None, slot: Slot) -> None:
+        self.sock, self.buffer, self.request, self.slot = sock, rest, request, slot
+        slot.streamed = True
 
     def _fill(self) -> None:
         chunk = _recv(self.sock, self.request)
@@ -280,11 +326,13 @@ class _ChunkedStream(httpx.SyncByteStream):
 
     def close(self) -> None:
         self.sock.close()   # not reused: simpler than tracking whether the caller read to the end
+        self.slot.give_back()
 
 
 class _UntilClose(httpx.SyncByteStream):
-    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None) -> None:
-        self.sock, self.rest, self.request = sock, rest, request
+    def __init__(self, sock: socket.socket, rest: bytes, request: httpx.Request | None, slot: Slot) -> None:
+        self.sock, self.rest, self.request, self.slot = sock, rest, request, slot
+        slot.streamed = True
 
     def __iter__(self) -> Iterator[bytes]:
         if self.rest:
@@ -294,3 +342,4 @@ class _UntilClose(httpx.SyncByteStream):
 
     def close(self) -> None:
         self.sock.close()
+        self.slot.give_back()

@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import weakref
 from collections.abc import AsyncIterator
 
 import httpx
 
 from client._http11 import (
+    MAX_CONNECTIONS_PER_HOST,
     MAX_HEAD_BYTES,
     READ_BYTES,
+    Slot,
     _framing,
     _head,
     _keeps_alive,
     body_length,
+    check_max_connections,
     is_final,
     parse_head,
+    pool_timeout,
 )
 
 MAX_IDLE_PER_HOST = 100   # as httpx keeps: many sessions stepped concurrently reuse their connections
@@ -37,8 +42,13 @@ Connection = tuple[asyncio.AbstractEventLoop, asyncio.StreamReader, asyncio.Stre
 
 
 class AsyncHttp11Transport(httpx.AsyncBaseTransport):
-    def __init__(self, fallback: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, fallback: httpx.AsyncBaseTransport | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS_PER_HOST) -> None:
         self._fallback = fallback or httpx.AsyncHTTPTransport()
+        self._max_connections = check_max_connections(max_connections)
+        # Per event loop, as its connections are: a loop's semaphore cannot be awaited from another.
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary())
         self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._closed = False
 
@@ -55,6 +65,15 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
 
     async def _exchange(self, where: tuple[str, int], head: bytes, body: bytes,
                         timeouts: dict[str, float | None], request: httpx.Request | None) -> httpx.Response:
+        slot = await self._take_slot(where, timeouts.get("pool"), request)
+        try:
+            return await self._exchange_holding(slot, where, head, body, timeouts, request)
+        finally:
+            if not slot.streamed:
+                slot.give_back()
+
+    async def _exchange_holding(self, slot: Slot, where: tuple[str, int], head: bytes, body: bytes,
+                                timeouts: dict[str, float | None], request: httpx.Request | None) -> httpx.Response:
         _, reader, writer = conn = await self._checkout(where, request, timeouts.get("connect"))
         try:
             try:
@@ -76,8 +95,7 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
                 if framing == "length":
                     content = await reader.readexactly(body_length(request, status, headers))
             if framing != "length":
-                stream = _Chunked(reader, writer, request, read) if framing == "chunked" else _UntilClose(
-                    reader, writer, request, read)
+                stream = (_Chunked if framing == "chunked" else _UntilClose)(reader, writer, request, read, slot)
                 return httpx.Response(status, headers=headers, stream=stream, request=request)
             response = httpx.Response(status, headers=headers, content=content, request=request)
         except BaseException:
@@ -96,6 +114,21 @@ class AsyncHttp11Transport(httpx.AsyncBaseTransport):
             for conn in conns:
                 _close(conn)
         await self._fallback.aclose()
+
+    async def _take_slot(self, where: tuple[str, int], timeout: float | None, request: httpx.Request | None) -> Slot:
+        per_loop = self._slots.setdefault(asyncio.get_running_loop(), {})
+        semaphore = per_loop.get(where)
+        if semaphore is None:
+            semaphore = per_loop[where] = asyncio.Semaphore(self._max_connections)
+        if semaphore.locked():   # only a wait needs its timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    await semaphore.acquire()
+            except TimeoutError as exc:
+                raise pool_timeout(where, timeout, self._max_connections, request) from exc
+        else:
+            await semaphore.acquire()
+        return Slot(semaphore.release)
 
     async def _checkout(self, where: tuple[str, int], request: httpx.Request | None,
                         timeout: float | None) -> Connection:
@@ -176,8 +209,9 @@ class _Chunked(httpx.AsyncByteStream):
     """A chunked body, read as the caller iterates (a job's event stream runs for as long as the job)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: httpx.Request | None,
-                 timeout: float | None) -> None:
-        self.reader, self.writer, self.request, self.timeout = reader, writer, request, timeout
+                 timeout: float | None, slot: Slot) -> None:
+        self.reader, self.writer, self.request, self.timeout, self.slot = reader, writer, request, timeout, slot
+        slot.streamed = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -197,12 +231,14 @@ class _Chunked(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.writer.close()   # not reused: simpler than tracking whether the caller read to the end
+        self.slot.give_back()
 
 
 class _UntilClose(httpx.AsyncByteStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: httpx.Request | None,
-                 timeout: float | None) -> None:
-        self.reader, self.writer, self.request, self.timeout = reader, writer, request, timeout
+                 timeout: float | None, slot: Slot) -> None:
+        self.reader, self.writer, self.request, self.timeout, self.slot = reader, writer, request, timeout, slot
+        slot.streamed = True
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -214,3 +250,4 @@ class _UntilClose(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.writer.close()
+        self.slot.give_back()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -14,8 +15,9 @@ from client._http11 import Http11Transport
 
 
 class RawServer:
-    """Answers by path: /echo (Content-Length, the request body back), /chunked, /until-close, /drop
-    (answers, then closes the socket without saying so), /stall (never answers)."""
+    """Answers by path: /echo (Content-Length, the request body back), /slow (the same after 50 ms),
+    /chunked, /until-close, /drop (answers, then closes the socket without saying so), /stall (never
+    answers)."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -51,7 +53,9 @@ class RawServer:
                 while len(data) < size:
                     data += conn.recv(65536)
                 body, data = data[:size], data[size:]
-                if path == b"/echo":
+                if path == b"/slow":
+                    time.sleep(0.05)
+                if path in (b"/echo", b"/slow"):
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-method: %s\r\n\r\n%s"
                                  % (len(body), lines[0].split(b" ")[0], body))
                 elif path == b"/chunked":
@@ -118,6 +122,25 @@ def test_failures_are_httpx_errors(server, http):
         http.get(f"http://127.0.0.1:{free}/echo")
 
 
+def test_connections_to_a_host_are_capped_and_requests_beyond_the_cap_wait_for_one(server):
+    with httpx.Client(transport=Http11Transport(max_connections=3), timeout=5) as c:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda i: c.post(f"{server.url}/slow", content=b"%d" % i).content, range(12)))
+    assert answers == [b"%d" % i for i in range(12)]
+    assert server.connections == 3   # the nine that waited each took a connection another had finished with
+
+
+def test_a_request_that_finds_no_free_connection_within_its_pool_timeout_fails_as_httpx_does(server):
+    with httpx.Client(transport=Http11Transport(max_connections=1), timeout=5) as c:
+        with c.stream("GET", f"{server.url}/chunked") as r:   # an open stream holds its connection
+            with pytest.raises(httpx.PoolTimeout, match="at most 1 at once"):
+                c.get(f"{server.url}/echo", timeout=httpx.Timeout(5, pool=0.2))
+            assert r.read() == b"hello world"
+        assert c.get(f"{server.url}/echo").status_code == 200   # closing the stream gave it back
+    with pytest.raises(ValueError, match="max_connections"):
+        Http11Transport(max_connections=0)
+
+
 def test_other_requests_go_to_httpx_own_transport(server):
     seen = []
 
@@ -138,8 +161,8 @@ def test_the_client_uses_it_unless_the_environment_names_a_proxy(monkeypatch):
 
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    with Client("http://127.0.0.1:9", "l2o_k") as c:
-        assert c._lean is not None
+    with Client("http://127.0.0.1:9", "l2o_k", max_connections=5) as c:
+        assert c._lean is not None and c._lean._max_connections == 5
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     with Client("http://10.1.2.3:9", "l2o_k") as c:
         # httpx's own client, which sends that URL through its proxy transport

@@ -43,6 +43,24 @@ async def test_concurrent_requests_each_get_their_own_answer_and_connections_are
     assert server.connections == 20   # the second round reused the first round's connections
 
 
+async def test_connections_to_a_host_are_capped_and_requests_beyond_the_cap_wait_for_one(server):
+    async with httpx.AsyncClient(transport=AsyncHttp11Transport(max_connections=3), timeout=5) as c:
+        answers = await asyncio.gather(*(c.post(f"{server.url}/slow", content=b"%d" % i) for i in range(12)))
+    assert [a.content for a in answers] == [b"%d" % i for i in range(12)]
+    assert server.connections == 3   # the nine that waited each took a connection another had finished with
+
+
+async def test_a_request_that_finds_no_free_connection_within_its_pool_timeout_fails_as_httpx_does(server):
+    async with httpx.AsyncClient(transport=AsyncHttp11Transport(max_connections=1), timeout=5) as c:
+        async with c.stream("GET", f"{server.url}/chunked") as r:   # an open stream holds its connection
+            with pytest.raises(httpx.PoolTimeout, match="at most 1 at once"):
+                await c.get(f"{server.url}/echo", timeout=httpx.Timeout(5, pool=0.2))
+            assert await r.aread() == b"hello world"
+        assert (await c.get(f"{server.url}/echo")).status_code == 200   # closing the stream gave it back
+    with pytest.raises(ValueError, match="max_connections"):
+        AsyncHttp11Transport(max_connections=0)
+
+
 async def test_chunked_and_close_delimited_bodies_are_read_as_they_come(server, http):
     assert (await http.get(f"{server.url}/chunked")).text == "hello world"
     async with http.stream("GET", f"{server.url}/chunked") as r:
@@ -119,8 +137,8 @@ async def test_the_async_client_uses_it_unless_the_environment_names_a_proxy(mon
 
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    async with AsyncClient("http://127.0.0.1:9", "l2o_k") as c:
-        assert c._lean is not None
+    async with AsyncClient("http://127.0.0.1:9", "l2o_k", max_connections=5) as c:
+        assert c._lean is not None and c._lean._max_connections == 5
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     async with AsyncClient("http://10.1.2.3:9", "l2o_k") as c:
         assert c._lean is None
