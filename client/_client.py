@@ -18,7 +18,7 @@ import httpx
 
 from client._base import BaseClient, RequestOptions
 from client._constants import DEFAULT_MAX_RETRIES
-from client._http11 import MAX_CONNECTIONS_PER_HOST, Http11Transport
+from client._http11 import MAX_CONNECTIONS_PER_HOST, Http11Transport, check_max_connections
 from client._http11_async import AsyncHttp11Transport, _on_asyncio
 from client.resources.jobs import AsyncJobs, Jobs
 from client.resources.optimizers import AsyncOptimizers, Optimizers
@@ -40,6 +40,7 @@ class Client(BaseClient):
         self._owns_http = http_client is None
         url = httpx.URL(self.base_url)
         # Through a proxy named in the environment, httpx's own transport goes (it honours those variables).
+        check_max_connections(max_connections)   # refused even where httpx's own pool is used instead
         pooled = http_client is None and transport is None and not _proxied(url)
         own = Http11Transport(max_connections=max_connections) if pooled else None
         self._http = http_client or httpx.Client(transport=transport or own, follow_redirects=True)
@@ -119,6 +120,7 @@ class AsyncClient(BaseClient):
         super().__init__(base_url, api_key, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
         url = httpx.URL(self.base_url)
+        check_max_connections(max_connections)   # refused even where httpx's own pool is used instead
         pooled = http_client is None and transport is None and not _proxied(url)
         own = AsyncHttp11Transport(max_connections=max_connections) if pooled else None
         self._http = http_client or httpx.AsyncClient(transport=transport or own, follow_redirects=True)

@@ -164,6 +164,8 @@ def test_the_client_uses_it_unless_the_environment_names_a_proxy(monkeypatch):
     with Client("http://127.0.0.1:9", "l2o_k", max_connections=5) as c:
         assert c._lean is not None and c._lean._max_connections == 5
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with pytest.raises(ValueError, match="max_connections"):
+        Client("http://10.1.2.3:9", "l2o_k", max_connections=0)   # a proxied client checks it too
     with Client("http://10.1.2.3:9", "l2o_k") as c:
         # httpx's own client, which sends that URL through its proxy transport
         assert c._lean is None and c._http._transport_for_url(httpx.URL("http://10.1.2.3:9")) is not c._http._transport

@@ -140,5 +140,7 @@ async def test_the_async_client_uses_it_unless_the_environment_names_a_proxy(mon
     async with AsyncClient("http://127.0.0.1:9", "l2o_k", max_connections=5) as c:
         assert c._lean is not None and c._lean._max_connections == 5
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    with pytest.raises(ValueError, match="max_connections"):
+        AsyncClient("http://10.1.2.3:9", "l2o_k", max_connections=0)   # a proxied client checks it too
     async with AsyncClient("http://10.1.2.3:9", "l2o_k") as c:
         assert c._lean is None
