@@ -20,15 +20,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from service.api.deps import CurrentKey, DbSession, TrainKey
+from service.api.deps import DbSession, TrainKey
 from service.api.job_schemas import JobCurve, JobOut, JobState
 from service.config import Settings
-from service.errors import Forbidden
 from service.jobs import repository as repo
 from service.jobs import service as jobs
 from service.jobs.executor import Executor, make_executor
@@ -41,16 +40,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 KEEPALIVE_S = 15.0
-
-
-async def reader_key(key: CurrentKey) -> KeyGrant:
-    if not (key.has_scope("train") or key.has_scope("admin")):
-        raise Forbidden("reading jobs needs the 'train' or 'admin' scope",
-                        detail={"required": ["train", "admin"], "granted": key.scopes})
-    return key
-
-
-ReaderKey = Annotated[KeyGrant, Depends(reader_key)]
 
 
 @asynccontextmanager
@@ -84,7 +73,7 @@ async def submit(spec: JobSpec, request: Request, response: Response, db: DbSess
 
 
 @router.get("")
-def list_jobs(db: DbSession, key: ReaderKey, state: JobState | None = None,
+def list_jobs(db: DbSession, key: TrainKey, state: JobState | None = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
     rows = jobs.list_jobs(db, key, state=state, limit=limit)
     refs = jobs.references(db, rows)
@@ -92,12 +81,12 @@ def list_jobs(db: DbSession, key: ReaderKey, state: JobState | None = None,
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, db: DbSession, key: ReaderKey) -> JobOut:
+def get_job(job_id: str, db: DbSession, key: TrainKey) -> JobOut:
     return _out(db, jobs.get(db, key, job_id))
 
 
 @router.get("/{job_id}/curve")
-def job_curve(job_id: str, db: DbSession, key: ReaderKey) -> JobCurve:
+def job_curve(job_id: str, db: DbSession, key: TrainKey) -> JobCurve:
     jobs.get(db, key, job_id)
     return JobCurve.of(repo.points(db, job_id))
 
@@ -113,7 +102,7 @@ def cancel_job(job_id: str, db: DbSession, key: TrainKey) -> JobOut:
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`event: progress` with the job (JSON) each time it changes, then "
                                             "`event: end` with the finished job"}})
-def job_events(job_id: str, request: Request, db: DbSession, key: ReaderKey) -> StreamingResponse:
+def job_events(job_id: str, request: Request, db: DbSession, key: TrainKey) -> StreamingResponse:
     jobs.get(db, key, job_id)  # 404 before the stream starts
     db.close()  # the stream reads with sessions of its own; do not hold a connection for its lifetime
     settings: Settings = request.app.state.settings

@@ -1,7 +1,8 @@
 """API keys: random 256-bit tokens, shown once, stored only as their sha256, each with a set of scopes.
 
-Scopes: `optimize` (sessions and steps), `train` (jobs), `admin` (registry writes, keys). A scope grants
-only itself; the bootstrap key of the embedded default holds all three.
+Scopes: `optimize` (sessions and steps), `train` (jobs), `admin` (registry writes, keys). `optimize` and
+`train` grant only themselves; `admin` implies both (models.grants), as a superuser role does, so the one
+key an operator makes first can do everything.
 """
 
 from __future__ import annotations

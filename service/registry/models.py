@@ -4,6 +4,7 @@ these models must match them (tests/registry/test_migrations.py checks that they
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +66,11 @@ class Base(DeclarativeBase):
     }
 
 
+def grants(scopes: Iterable[str], scope: str) -> bool:
+    """Whether a key holding `scopes` may act with `scope`: `admin` implies every scope, as a superuser does."""
+    return scope in scopes or "admin" in scopes
+
+
 class ApiKey(Base):
     """An API key, stored only as the sha256 of the key; `prefix` lets people tell keys apart."""
 
@@ -79,7 +85,7 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
+        return grants(self.scopes, scope)
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class KeyGrant:
     revoked: bool = False
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes
+        return grants(self.scopes, scope)
 
 
 class Optimizer(Base):

@@ -9,7 +9,7 @@ import pytest
 from service.api.health import PUBLIC_PATHS
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import ALL_SCOPES
+from tests.conftest import ALL_SCOPES, checkpoint_bytes
 
 # Names and ids that exist nowhere, so a request that gets past the auth check changes nothing.
 PATH_VALUES = {"name": "lstm", "version": "1", "alias": "prod", "key_id": "999999"}
@@ -43,8 +43,8 @@ def scope_refusals(client, keys_without: dict[str, str], method: str, path: str)
 
 @pytest.fixture
 def keys_without(make_key) -> dict[str, str]:
-    """scope -> a key holding every scope but that one."""
-    return {scope: make_key(*(s for s in ALL_SCOPES if s != scope)) for scope in ALL_SCOPES}
+    """scope -> a key holding every scope but that one (and not `admin`, which implies every scope)."""
+    return {scope: make_key(*(s for s in ALL_SCOPES if s not in (scope, "admin"))) for scope in ALL_SCOPES}
 
 
 ROUTES = protected_routes()
@@ -76,11 +76,15 @@ def test_every_route_gets_401_for_no_key_a_wrong_key_and_a_revoked_key(client, m
 def test_every_route_gets_403_for_a_key_without_its_scope(client, keys_without):
     for method, path in ROUTES:
         refused = scope_refusals(client, keys_without, method, path)
-        assert len(refused) <= 1, f"{method} {path} should need one scope, refused without each of {list(refused)}"
+        required = {error["detail"]["required"] for error in refused.values()}
+        assert len(required) <= 1, f"{method} {path} should need one scope, refused for lacking each of {required}"
+        # An admin route refuses every key without `admin`; another refuses only the key without its scope.
+        assert set(refused) == (set(ALL_SCOPES) if required == {"admin"} else required), (method, path)
         for scope, error in refused.items():
-            granted = [s for s in ALL_SCOPES if s != scope]
-            assert error == {"code": "forbidden", "message": f"this API key lacks the {scope!r} scope",
-                             "detail": {"required": scope, "granted": granted}}, (method, path)
+            need = next(iter(required))
+            granted = [s for s in ALL_SCOPES if s not in (scope, "admin")]
+            assert error == {"code": "forbidden", "message": f"this API key lacks the {need!r} scope",
+                             "detail": {"required": need, "granted": granted}}, (method, path)
 
 
 SCOPES = {
@@ -101,9 +105,28 @@ SCOPES = {
 
 def test_registry_writes_and_keys_need_admin_and_reads_any_key(client, keys_without):
     for (method, path), scope in SCOPES.items():
-        assert list(scope_refusals(client, keys_without, method, path)) == ([scope] if scope else []), (method, path)
+        refused = scope_refusals(client, keys_without, method, path)
+        assert {e["detail"]["required"] for e in refused.values()} == ({scope} if scope else set()), (method, path)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"])
 def test_health_metrics_and_docs_need_no_key(client, path):
     assert client.get(path).status_code == 200
+
+
+def test_an_admin_key_implies_every_scope(client, make_key):
+    admin_only = make_key("admin")
+    for method, path in ROUTES:
+        assert scope_refusals(client, {"admin": admin_only}, method, path) == {}, (method, path)
+    # And does the work: registers an optimizer, steps a session on it, submits a meta-training job.
+    sent = headers(admin_only)
+    assert client.post("/v1/optimizers/mine/versions", content=checkpoint_bytes(),
+                       headers={**sent, "Content-Type": "application/octet-stream"}).status_code == 201
+    session = client.post("/v1/sessions", json={"optimizer": "mine", "shapes": {"w": [3]}}, headers=sent)
+    assert session.status_code == 201, session.text
+    step = client.post(f"/v1/sessions/{session.json()['id']}/step", json={"step": 0, "grads": {"w": [1.0, 2.0, 3.0]}},
+                       headers=sent)
+    assert step.status_code == 200, step.text
+    job = client.post("/v1/jobs", json={"name": "by-admin", "family": {"name": "quadratic", "params": {"dim": 3}}},
+                      headers=sent)
+    assert job.status_code == 201, job.text
