@@ -25,7 +25,7 @@ async def read_body(request: Request, limit: int, setting: str) -> bytearray:
     declared Content-Length or the bytes counted so far pass `limit`."""
     request.scope[LIMIT_SCOPE_KEY] = (limit, setting)
     declared = request.headers.get("content-length")
-    size = int(declared) if declared is not None and declared.isdigit() else None
+    size = _parse_length(declared)
     if size is not None and size > limit:
         raise _too_large(size, limit, setting)
     if size is not None and size <= PREALLOCATE_BYTES:
@@ -106,5 +106,12 @@ class BodyLimitMiddleware:
 def _content_length(scope: dict[str, Any]) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
+            return _parse_length(value)
     return None
+
+
+def _parse_length(value: str | bytes | None) -> int | None:
+    """A Content-Length as a number, None when absent or not plain ASCII digits of a 64-bit size."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 19:
+        return None
+    return int(value)

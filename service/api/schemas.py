@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.registry.keys import Scope
 from service.registry.models import Alias, ApiKey, Optimizer, OptimizerVersion
+from service.registry.names import MAX_VERSION
 from service.sessions.record import SessionInfo
 
 # Ids and version numbers are the database's INTEGER, 32-bit on PostgreSQL: a larger number names nothing,
 # and is refused as invalid input before it reaches a query that could not even bind it.
-MAX_DB_INT = 2**31 - 1
+MAX_DB_INT = MAX_VERSION
 
 
 class ErrorBody(BaseModel):

@@ -7,15 +7,20 @@ from dataclasses import dataclass
 
 from service.errors import InvalidName, InvalidReference
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# Used with fullmatch: `$` would also match before a final newline, and a name ending in "\n" would then
+# pass, be stored, and break every header (Location, Content-Disposition) later built from it.
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 # An alias starts with a letter, so `name@3` can never be mistaken for a version number.
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+ALIAS_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
+# Version numbers are the database's INTEGER, 32-bit on PostgreSQL: a larger number names nothing, and is
+# refused as invalid input before it reaches a query that could not even bind it.
+MAX_VERSION = 2**31 - 1
 # Path segments under /v1/optimizers that a name would shadow.
 RESERVED_NAMES = frozenset({"resolve"})
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidName(
             f"invalid optimizer name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit", detail={"name": name, "pattern": NAME_RE.pattern})
@@ -25,7 +30,7 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
         raise InvalidName(
             f"invalid alias {alias!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter", detail={"alias": alias, "pattern": ALIAS_RE.pattern})
@@ -57,9 +62,11 @@ class Reference:
         try:
             if ":" in ref:
                 name, _, version = ref.partition(":")
-                if not version.isascii() or not version.isdigit() or int(version) < 1:
-                    raise InvalidReference(f"invalid reference {ref!r}: the version after ':' must be an "
-                                           "integer >= 1", detail={"reference": ref})
+                # Checked as text first: int() of thousands of digits raises, or takes quadratic time.
+                if (not version.isascii() or not version.isdigit() or len(version) > len(str(MAX_VERSION))
+                        or not 1 <= int(version) <= MAX_VERSION):
+                    raise InvalidReference(f"invalid reference {ref[:80]!r}: the version after ':' must be an "
+                                           f"integer >= 1, at most {MAX_VERSION}", detail={"reference": ref[:200]})
                 return cls(check_name(name), version=int(version))
             if "@" in ref:
                 name, _, alias = ref.partition("@")

@@ -46,6 +46,7 @@ from service.errors import (
 )
 from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig, kernel
 from service.lopt.tensors import all_finite
+from service.registry.names import MAX_VERSION
 from service.sessions import wire
 from service.sessions.batcher import StepBatcher
 from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord
@@ -60,6 +61,7 @@ STATE_FORMAT = "l2o-session-state/1"
 STATE_TYPE = wire.SAFETENSORS_TYPE
 MAX_PARAMETERS = 100_000
 MAX_NAME_CHARS = 512
+MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 INLINE_BYTES = 128 * 1024   # a step body up to this (about 32,000 float32 gradients) runs on the event loop
 
 
@@ -249,20 +251,20 @@ class SessionService:
 
     def _step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
         result = self._step_many([StepRequest(owner, session_id, body, fmt)])[0]
-        if isinstance(result, L2OError):
+        if isinstance(result, Exception):
             raise result
         return result
 
-    def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | L2OError]:
+    def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | Exception]:
         """Steps of different sessions as one LSTM call per optimizer version (the batcher's work). Each
-        request's answer is what it gets alone, bit for bit; one request's error (an L2OError,
-        returned in its place) leaves the others untouched."""
-        results: list[Answer | L2OError | None] = [None] * len(requests)
+        request's answer is what it gets alone, bit for bit; one request's error (returned in its
+        place) leaves the others untouched."""
+        results: list[Answer | Exception | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, PendingStep]]] = {}
         for i, r in enumerate(requests):
             try:
                 work = self._prepare(r.owner, r.session_id, r.body, r.fmt)
-            except L2OError as exc:
+            except Exception as exc:   # whatever one request sends fails that request alone
                 results[i] = exc
                 continue
             if isinstance(work, Answer):
@@ -507,8 +509,9 @@ def read_state(body: bytes | bytearray) -> ExportedState:
     missing = [k for k in ("optimizer", "version", "digest", "shapes") if k not in meta]
     if missing:
         raise MalformedBody(f"the state's metadata lacks {', '.join(missing)}")
-    if not meta["version"].isdecimal():
-        raise MalformedBody(f"the state's metadata version must be a number, got {meta['version']!r}")
+    if not (meta["version"].isascii() and meta["version"].isdecimal() and len(meta["version"]) <= MAX_VERSION_DIGITS):
+        raise MalformedBody(f"the state's metadata version must be a number up to {MAX_VERSION}, got "
+                            f"{meta['version'][:40]!r}")
     try:
         pairs = json.loads(meta["shapes"])
         shapes = check_shapes({name: shape for name, shape in pairs})

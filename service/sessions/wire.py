@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType
+from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType, ValidationError
 from service.lopt.checkpoint import ST_DTYPE_OF, serialize_safetensors
 
 JSON_TYPE = "application/json"
@@ -36,6 +36,13 @@ OCTET_TYPE = "application/octet-stream"
 # hostile length field from making us parse megabytes of JSON.
 MAX_HEADER_BYTES = 8 * 1024 * 1024
 MAX_DIMS = 16
+# A step count is a signed 64-bit integer wherever it is stored (Redis, safetensors metadata, the SDK):
+# a larger number names no step, and is refused before anything compares or converts it.
+MAX_STEP = 2**63 - 1
+# The digits of MAX_STEP: a longer number is refused before int() reads it (Python refuses to convert
+# more than 4,300 digits at all, with a ValueError that no caller expects).
+MAX_INT_DIGITS = len(str(MAX_STEP))
+MAX_JSON_INT_CHARS = 4000
 METADATA_KEY = "__metadata__"   # the one header key that is not a tensor
 
 FLOAT_DTYPES: dict[str, torch.dtype] = {
@@ -176,7 +183,7 @@ def _message_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], step:
 
 def _decode_json(body: Body, field: str) -> StepMessage:
     try:
-        doc = json.loads(bytes(body), parse_constant=_reject_constant)
+        doc = json.loads(bytes(body), parse_constant=_reject_constant, parse_int=_bounded_int)
     except (ValueError, RecursionError) as exc:
         raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
@@ -191,6 +198,15 @@ def _decode_json(body: Body, field: str) -> StepMessage:
         raise MalformedBody(f'"{field}" must be an object mapping parameter names to nested lists')
     step = parse_step(doc.get("step"), "the JSON body")
     return StepMessage(step, {name: _json_tensor(name, value) for name, value in values.items()})
+
+
+def _bounded_int(text: str) -> int:
+    # Past Python's own limit (sys.get_int_max_str_digits) int() raises a ValueError of its own; a
+    # gradient of a few hundred digits is still read, to be refused as out of float32's range.
+    if len(text) > MAX_JSON_INT_CHARS:
+        raise ValidationError(f"the JSON body holds an integer of {len(text)} digits: integers here are 64-bit "
+                              f"at most (|n| <= {MAX_STEP})", detail={"max": MAX_STEP})
+    return int(text)
 
 
 def _reject_constant(name: str) -> Any:
@@ -248,12 +264,21 @@ def parse_step(value: Any, where: str) -> int:
     if value is None:
         raise MalformedBody(f'{where} has no "step" (the number of steps the session has applied)')
     if isinstance(value, str):
-        if not value.isdecimal():
-            raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {value!r}')
+        if not (value.isascii() and value.isdecimal()):
+            raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {value[:40]!r}')
+        if len(value) > MAX_INT_DIGITS:
+            raise _step_too_large(where)
         value = int(value)
     if type(value) is not int or value < 0:
-        raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {value!r}')
+        raise MalformedBody(f'"step" in {where} must be a non-negative integer, got {str(value)[:40]!r}')
+    if value > MAX_STEP:
+        raise _step_too_large(where)
     return value
+
+
+def _step_too_large(where: str) -> ValidationError:
+    return ValidationError(f'"step" in {where} is over {MAX_STEP}, the largest step number (64-bit)',
+                           detail={"max": MAX_STEP})
 
 
 # --- safetensors ----------------------------------------------------------------------------------------

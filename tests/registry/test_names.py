@@ -38,6 +38,10 @@ def test_valid_references_parse_and_print_back(text, expected):
     ("a" * 65, "invalid optimizer name"),
     ("has space", "invalid optimizer name"),
     ("resolve", "reserved"),
+    ("lstm\n", "invalid optimizer name"),
+    ("lstm@prod\n", "invalid alias"),
+    ("lstm:1\n", "integer >= 1"),
+    ("lstm:2147483648", "at most 2147483647"),
 ])
 def test_malformed_references_are_refused_naming_the_problem(text, fragment):
     with pytest.raises(InvalidReference, match=fragment) as info:
@@ -48,9 +52,10 @@ def test_malformed_references_are_refused_naming_the_problem(text, fragment):
 def test_name_and_alias_rules():
     assert check_name("a") == "a" and check_name("a" * 64) == "a" * 64
     assert check_alias("prod") == "prod"
-    for bad in ("", "A", "a/b", "a" * 65, "é"):
+    # A pattern matched with `$` lets a final newline through: every name is matched whole.
+    for bad in ("", "A", "a/b", "a" * 65, "é", "a\n", "a\r", "a\x00", "a\t", "\na"):
         with pytest.raises(InvalidName):
             check_name(bad)
-    for bad in ("1", "", "Prod", "p@x"):
+    for bad in ("1", "", "Prod", "p@x", "prod\n", "prod\r\n"):
         with pytest.raises(InvalidName):
             check_alias(bad)
