@@ -2,12 +2,13 @@
 runs the same registry version in this process. Given the same gradients they make the same updates, bit
 for bit, and their state_dicts are interchangeable.
 
-    opt = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client())
-    for x, y in data:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()                               # sends every gradient, applies θ ← θ + update in place
-    torch.save(opt.state_dict(), "opt.pt")       # includes the server-side LSTM state and the step count
+    with RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client()) as opt:
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()                           # sends every gradient, applies θ ← θ + update in place
+        torch.save(opt.state_dict(), "opt.pt")   # includes the server-side LSTM state and the step count
+    # leaving the block deleted the session
     opt2 = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client())
     opt2.load_state_dict(torch.load("opt.pt"))   # the next step resumes the run in a new session
 
@@ -16,15 +17,24 @@ later (or arrive with add_param_group), each under its name (from named_paramete
 session is opened at the first step, so building an optimizer and loading a state_dict cost no round trip.
 A parameter of the session that has no gradient at some step is sent a zero gradient (the LSTM sees the
 step) and left as it is, like torch's own optimizers leave it.
+
+torch.optim's conventions hold: `lr` (default 1.0) multiplies the learned update and `weight_decay`
+(default 0) is decoupled, as in AdamW, so a step is `θ ← θ·(1 − lr·weight_decay) + lr·update`; both are
+set in the constructor or per param group, and every scheduler of torch.optim.lr_scheduler drives `lr`
+(OneCycleLR and CyclicLR with `cycle_momentum=False`: there is no momentum to cycle). The LSTM sees the
+raw gradients whatever `lr` is. `close()`, or leaving a `with` block, frees the session; an optimizer
+that is garbage-collected unclosed frees it too.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import torch
 
@@ -34,6 +44,12 @@ from client.types import STATE_DTYPES, CheckpointFile, SessionState, sha256_hex
 
 STATE_KEY = "l2o"
 STATE_FORMAT = "l2o-optimizer-state/1"
+# The options a param group may set, with their defaults.
+GROUP_OPTIONS = ("lr", "weight_decay")
+# What torch.optim.lr_scheduler writes into a group beside lr: a group may carry them in again.
+SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr")
+
+log = logging.getLogger(__name__)
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -105,6 +121,15 @@ def check_state_dtype(state_dtype: str) -> None:
         raise ValueError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
 
 
+def check_option(name: str, value: Any) -> None:
+    try:
+        ok = math.isfinite(float(value)) and float(value) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def n_coords(shapes: Shapes) -> int:
     return sum(math.prod(s) for s in shapes.values())
 
@@ -121,12 +146,27 @@ class Backend(Protocol):
 class LearnedOptimizer(torch.optim.Optimizer):
     """The torch side both optimizers share; a Backend does the stepping."""
 
-    def __init__(self, params: Iterable[Any], backend: Backend) -> None:
-        super().__init__(params, defaults={})
+    def __init__(self, params: Iterable[Any], backend: Backend, *, lr: float = 1.0, weight_decay: float = 0.0) -> None:
+        check_option("lr", lr)
+        check_option("weight_decay", weight_decay)
+        super().__init__(params, defaults={"lr": lr, "weight_decay": weight_decay})
         self._backend = backend
         self._shapes: Shapes | None = None            # the open session's layout
         self._pending: OptimizerState | None = None   # from load_state_dict, opened at the next step
         self._count = 0
+        # Holds the backend, never the optimizer, so collecting the optimizer runs it.
+        self._finalizer = weakref.finalize(self, close_quietly, backend)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict):
+            unknown = sorted(set(param_group) - {"params", "param_names", *GROUP_OPTIONS, *SCHEDULER_KEYS})
+            if unknown:
+                raise ValueError(f"{type(self).__name__} has no param group option {', '.join(map(repr, unknown))}: "
+                                 f"its options are {' and '.join(GROUP_OPTIONS)}")
+            for name in GROUP_OPTIONS:
+                if name in param_group:
+                    check_option(name, param_group[name])
+        super().add_param_group(param_group)
 
     @property
     def step_count(self) -> int:
@@ -134,6 +174,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return self._count
 
     def named_params(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, p) for name, p, _ in self._grouped_params()]
+
+    def _grouped_params(self) -> list[tuple[str, torch.Tensor, dict[str, Any]]]:
         out, seen = [], set()
         for g, group in enumerate(self.param_groups):
             names = group.get("param_names") or [f"{g}.{i}" for i in range(len(group["params"]))]
@@ -141,7 +184,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if name in seen:
                     raise ValueError(f"two parameters are named {name!r}: give each param group distinct names")
                 seen.add(name)
-                out.append((name, p))
+                out.append((name, p, group))
         return out
 
     @torch.no_grad()
@@ -150,7 +193,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = self.named_params()
+        grouped = self._grouped_params()
+        params = [(n, p) for n, p, _ in grouped]
         with_grad = {n: p for n, p in params if p.grad is not None}
         if not with_grad:
             return loss  # nothing to do, as with torch's optimizers after zero_grad()
@@ -160,8 +204,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._ensure_session(params, with_grad)
         grads = {n: with_grad[n].grad if n in with_grad else torch.zeros(shape) for n, shape in self._shapes.items()}
         updates = self._backend.step(self._count, grads)
-        for name, p in with_grad.items():
-            p.add_(updates[name].to(device=p.device, dtype=p.dtype).view_as(p))
+        for name, p, group in grouped:
+            if name in with_grad:
+                lr, decay = group["lr"], group["weight_decay"]
+                if decay:
+                    p.mul_(1 - lr * decay)
+                p.add_(updates[name].to(device=p.device, dtype=p.dtype).view_as(p), alpha=lr)
         self._count += 1
         return loss
 
@@ -194,17 +242,40 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              f"(keys: {sorted(state_dict)})")
         entry = state_dict[STATE_KEY]
         state = OptimizerState.from_dict(entry) if entry is not None else None
+        before = [{k: group[k] for k in GROUP_OPTIONS} for group in self.param_groups]
         super().load_state_dict({k: v for k, v in state_dict.items() if k != STATE_KEY})
+        # A state_dict saved before lr and weight_decay existed has groups without them (torch's loader
+        # replaces each group by the saved one): they keep the values this optimizer was built with.
+        for group, options in zip(self.param_groups, before, strict=True):
+            for k, v in options.items():
+                group.setdefault(k, v)
         if self._shapes is not None:
             self._backend.close()
         self._shapes, self._pending = None, state
         self._count = state.step if state is not None else 0
 
     def close(self) -> None:
-        """Free the state the optimizer holds (for RemoteOptimizer, delete its server session)."""
+        """Free the state the optimizer holds (for RemoteOptimizer, delete its server session). A later step
+        opens a new session from a fresh state; load a state_dict first to continue the run instead."""
         if self._shapes is not None:
             self._backend.close()
             self._shapes = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def close_quietly(backend: Backend) -> None:
+    """Close a collected optimizer's backend. An exception here could only be printed, and the cause is
+    usually harmless (the client was closed first, the server is gone): the server's idle expiry frees
+    what this misses."""
+    try:
+        backend.close()
+    except Exception as exc:
+        log.debug("could not close a collected optimizer's session: %s", exc)
 
 
 # --- through the service ----------------------------------------------------------------------------------
@@ -248,15 +319,16 @@ class RemoteOptimizer(LearnedOptimizer):
     """A torch optimizer whose steps run on an l2o server (see the module docstring).
 
     `optimizer` is a registry reference (`name`, `name:3`, `name@alias`), resolved when the session opens
-    and pinned for the run. `client` defaults to `Client()` (L2O_URL, L2O_API_KEY). `state_dtype`
+    and pinned for the run. `client` defaults to `Client()` (L2O_URL, L2O_API_KEY). `lr` scales the
+    learned update, `weight_decay` shrinks the parameters (decoupled), both per group too. `state_dtype`
     "bfloat16" or "float16" has the server keep the LSTM state in half the bytes (a resumed state keeps
     the dtype it was made with)."""
 
     def __init__(self, params: Iterable[Any], optimizer: str, *, client: Client | None = None,
-                 state_dtype: str = "float32") -> None:
+                 lr: float = 1.0, weight_decay: float = 0.0, state_dtype: str = "float32") -> None:
         check_state_dtype(state_dtype)
         self.client = client or Client()
-        super().__init__(params, RemoteSession(self.client, optimizer, state_dtype))
+        super().__init__(params, RemoteSession(self.client, optimizer, state_dtype), lr=lr, weight_decay=weight_decay)
 
     @property
     def session_id(self) -> str | None:
@@ -332,7 +404,8 @@ class LocalOptimizer(LearnedOptimizer):
     the one the server steps with: that is what makes the updates equal, bit for bit."""
 
     def __init__(self, params: Iterable[Any], optimizer: str | None = None, *, client: Client | None = None,
-                 checkpoint: CheckpointFile | bytes | str | Path | None = None, state_dtype: str = "float32") -> None:
+                 checkpoint: CheckpointFile | bytes | str | Path | None = None, lr: float = 1.0,
+                 weight_decay: float = 0.0, state_dtype: str = "float32") -> None:
         check_state_dtype(state_dtype)
         if (optimizer is None) == (checkpoint is None):
             raise ValueError("give either optimizer= (a registry reference, downloaded) or checkpoint=")
@@ -343,4 +416,4 @@ class LocalOptimizer(LearnedOptimizer):
             # Not from a registry: its state_dict resumes only on a LocalOptimizer of the same bytes.
             checkpoint = CheckpointFile("local", 0, sha256_hex(data), data)
         self.checkpoint = checkpoint
-        super().__init__(params, LocalSession(checkpoint, state_dtype))
+        super().__init__(params, LocalSession(checkpoint, state_dtype), lr=lr, weight_decay=weight_decay)
