@@ -59,6 +59,9 @@ def current_key(request: Request,
         # a Session: this check runs on every request.
         with request.app.state.db.key_reader() as conn:
             key = keys.authenticate(conn, credentials.credentials)
+    except Unauthorized:
+        cache.forget(keys.hash_key(credentials.credentials))   # revoked since it was cached: never again
+        raise
     except UNREACHABLE as exc:
         key = cache.recall(keys.hash_key(credentials.credentials))
         if key is None:

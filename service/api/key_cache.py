@@ -4,6 +4,10 @@ Every request checks its key against the database, so a revoked key stops workin
 that check cannot reach the database does the app fall back to this cache: a key that passed the check
 within L2O_AUTH_GRACE_S is let in (steps on live sessions need nothing else from the database), and any
 other key gets 503, never a 401 it did not earn. The cache holds each key's hash, never the key.
+
+Revocation wins over the cache: a key is forgotten when this process revokes it and whenever the database
+answers 401 for it, so a revoked key is refused through any later outage. (Another process learns of a
+revocation at its next check of that key; L2O_AUTH_GRACE_S=0 turns the cache off altogether.)
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ class KeyCache:
             return
         with self._lock:
             self._seen[key.key_hash] = (key, self.clock())
+
+    def forget(self, key_hash: str) -> None:
+        """The database refused this key: it must not pass through the cache again."""
+        with self._lock:
+            self._seen.pop(key_hash, None)
+
+    def forget_id(self, key_id: int) -> None:
+        """The key with this id was revoked."""
+        with self._lock:
+            for key_hash in [h for h, (row, _) in self._seen.items() if row.id == key_id]:
+                del self._seen[key_hash]
 
     def recall(self, key_hash: str) -> KeyGrant | None:
         """The key checked valid within the grace period, else None."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from service.api.deps import AdminKey, DbSession
 from service.api.schemas import MAX_DB_INT, KeyCreate, KeyCreated, KeyOut
@@ -26,7 +26,9 @@ def list_keys(db: DbSession, _: AdminKey) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", status_code=204)
-def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)], db: DbSession, _: AdminKey) -> Response:
+def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)], request: Request, db: DbSession,
+               _: AdminKey) -> Response:
     keys.revoke_key(db, key_id)
     db.commit()
+    request.app.state.key_cache.forget_id(key_id)   # a database outage from now on must not revive it
     return Response(status_code=204)
