@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 import service
 from service.api import dashboard, health, jobs, keys, optimizers, sessions
@@ -146,6 +147,12 @@ def install_error_handlers(app: FastAPI) -> None:
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return error_response(request, 503, DatabaseNotReady.code, "the database is unreachable; retry shortly",
                               None, {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # Expected (an aborted upload, a killed client): one line, no traceback. Nobody reads the answer.
+        log.warning("client disconnected during %s %s before its body was read", request.method, request.url.path)
+        return error_response(request, 400, "client_disconnected", "the client disconnected")
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
