@@ -7,7 +7,7 @@
     L2O_PRETRAINED_DIR    folders of shipped checkpoints registered at start (default: service/pretrained)
     L2O_REGISTER_PRETRAINED  register those checkpoints at start (default: true)
     L2O_HOST, L2O_PORT    where `l2o serve` listens (default: 127.0.0.1:8000)
-    L2O_WORKERS           uvicorn worker processes for `l2o serve` (default: 1)
+    L2O_WORKERS           uvicorn worker processes for `l2o serve` (default: 1; more than 1 needs the Redis store)
     L2O_MAX_UPLOAD_BYTES  largest checkpoint upload accepted, else 413 (default: 64 MiB)
     L2O_LOG_LEVEL         logging level for `l2o serve` (default: info)
     L2O_SESSION_STORE     where session state lives: `memory` (default; saved to <data_dir>/sessions.safetensors

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
+
+import pydantic
+
+from service.config import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,18 +22,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import sys
+def workers_refusal(settings: Settings) -> str | None:
+    """Why these settings cannot run in several worker processes, or None when they can."""
+    if settings.workers > 1 and settings.session_store == "memory":
+        return (f"--workers {settings.workers} (L2O_WORKERS) needs a session store the worker processes share: "
+                "the memory store lives in one process; set L2O_SESSION_STORE=redis://host:6379/0, or run one worker")
+    return None
 
+
+def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app, start_registry
-    from service.config import Settings
     from service.errors import DatabaseNotReady
     from service.registry.db import Database
 
     overrides = {k: v for k in ("host", "port", "workers") if (v := getattr(args, k, None)) is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"l2o serve: invalid setting: {where}", file=sys.stderr)
+        return 2
+    refusal = workers_refusal(settings)
+    if refusal is not None:
+        print(f"l2o serve: {refusal}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     # Done once here, before any worker starts: a database behind head ends with one clear line rather
     # than a traceback per worker, and several workers never race to create the first admin key.
@@ -43,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     logs = {"log_level": settings.log_level,
             "access_log": logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO) <= logging.INFO}
     if settings.workers > 1:
-        # Each worker process builds its own app from the same environment.
+        # Each worker process builds its own app from the environment: what the flags set goes there too,
+        # so every worker runs with the settings checked above.
+        os.environ.update({f"L2O_{k.upper()}": str(v) for k, v in overrides.items()})
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, **logs)
     else:
