@@ -7,6 +7,7 @@ error answers into exceptions. Client and AsyncClient (client/_client.py) only s
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import os
 import random
@@ -70,15 +71,33 @@ def data_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "l2o"
 
 
-def find_api_key() -> str | None:
-    """L2O_API_KEY, else the key the embedded server writes to <data_dir>/admin.key on first start."""
+def find_api_key(base_url: str | None = None) -> str | None:
+    """L2O_API_KEY, else the key the embedded server writes to <data_dir>/admin.key on first start, for a
+    server on this machine only: that key holds every scope, and must never reach another host."""
     key = os.environ.get(c.KEY_ENV, "").strip()
     if key:
         return key
+    if base_url is not None and not is_local(base_url):
+        return None
     try:
         return (data_dir() / "admin.key").read_text().strip() or None
     except OSError:
         return None
+
+
+def is_local(base_url: str) -> bool:
+    """Whether the URL names this machine by a loopback address (or `localhost`), where the embedded server
+    that wrote admin.key listens."""
+    try:
+        host = httpx.URL(base_url).host
+    except httpx.InvalidURL:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class BaseClient:
@@ -86,8 +105,11 @@ class BaseClient:
                  timeout: float | httpx.Timeout | None = None, max_retries: int = c.DEFAULT_MAX_RETRIES,
                  headers: Mapping[str, str] | None = None) -> None:
         self.base_url = (base_url or os.environ.get(c.URL_ENV) or c.DEFAULT_URL).rstrip("/")
-        key = api_key or find_api_key()
+        key = api_key or find_api_key(self.base_url)
         if not key:
+            if not is_local(self.base_url):
+                raise L2OError(f"no API key for {self.base_url}: pass api_key=... or set {c.KEY_ENV} (the local "
+                               f"admin key in {data_dir() / 'admin.key'} is sent only to a server on this machine)")
             raise L2OError(f"no API key: pass api_key=..., set {c.KEY_ENV}, or start the embedded server once "
                            f"(`l2o serve`) so that it writes {data_dir() / 'admin.key'}")
         self.api_key = key
@@ -227,4 +249,4 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-__all__ = ["APIError", "BaseClient", "RequestOptions", "data_dir", "find_api_key", "retry_after"]
+__all__ = ["APIError", "BaseClient", "RequestOptions", "data_dir", "find_api_key", "is_local", "retry_after"]

@@ -250,6 +250,7 @@ def test_url_and_key_from_the_environment_then_the_key_file(monkeypatch, tmp_pat
     assert found() == ("http://example.invalid:9", "l2o_from_env")
     monkeypatch.delenv("L2O_API_KEY")
     monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("L2O_URL", "http://127.0.0.1:9/")   # the local admin key goes to a local server only
     (tmp_path / "admin.key").write_text("l2o_from_file\n")
     assert found()[1] == "l2o_from_file"
     with Client(api_key="l2o_given") as given:
