@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = None  # set by rate_limit_component when L2O_RATE_LIMIT_PER_S > 0
     app.state.key_cache = KeyCache(settings.auth_grace_s)
     app.add_middleware(StepShortcut)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware)
     for router in ROUTERS:
         app.include_router(router)
@@ -120,7 +120,8 @@ def error_response(request: Request, status: int, code: str, message: str, detai
 
 
 HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+              405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+              415: "unsupported_media_type"}
 
 
 def install_error_handlers(app: FastAPI) -> None:

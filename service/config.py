@@ -22,6 +22,10 @@
                           available); the memory store keeps session states in that device's memory, Redis on
                           the host (they cross to the GPU and back at each step)
     L2O_MAX_BODY_BYTES    largest body of any other request (JSON specs: keys, aliases, jobs), else 413 (default: 1 MiB)
+    L2O_HEADER_TIMEOUT_S  a request's header must arrive in full within this many seconds of its first byte, else
+                          408 and the connection is closed (default: 10)
+    L2O_BODY_TIMEOUT_S    a request body that sends nothing for this many seconds is answered 408 and its
+                          connection closed (default: 30)
     L2O_RATE_LIMIT_PER_S  requests per second each API key may make on average, else 429 with Retry-After
                           (default: 0, no limit); counted per process with the memory store, in Redis with Redis
     L2O_RATE_LIMIT_BURST  requests a key may make at once before the average applies (default: 0, meaning the
@@ -81,6 +85,8 @@ class Settings(BaseSettings):
     step_batching: bool = True
     step_device: str = Field(default="cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     rate_limit_per_s: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=0, ge=0)
     auth_grace_s: float = Field(default=300.0, ge=0)

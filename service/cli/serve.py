@@ -33,6 +33,7 @@ def workers_refusal(settings: Settings) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.api.connections import protocol_for
     from service.app import create_app, start_registry
     from service.errors import DatabaseNotReady
     from service.registry.db import Database
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         # so every worker runs with the settings checked above.
         os.environ.update({f"L2O_{k.upper()}": str(v) for k, v in overrides.items()})
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, **logs)
+                    workers=settings.workers, http="service.api.connections:HttpProtocol", **logs)
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **logs)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, http=protocol_for(settings),
+                    **logs)
     return 0
