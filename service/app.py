@@ -35,6 +35,7 @@ from service.api.key_cache import KeyCache
 from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
 from service.api.shortcut import StepShortcut
+from service.api.streams import StreamSlots
 from service.config import Settings
 from service.errors import DatabaseNotReady, L2OError
 from service.metrics import MetricsMiddleware
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness = {"database": lambda: check_database(app.state.db)}
     app.state.rate_limiter = None  # set by rate_limit_component when L2O_RATE_LIMIT_PER_S > 0
     app.state.key_cache = KeyCache(settings.auth_grace_s)
+    app.state.event_streams = StreamSlots(settings.events_max_per_key, settings.events_max_total)
     app.add_middleware(StepShortcut)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware)

@@ -40,6 +40,10 @@
     L2O_JOB_MAX_ATTEMPTS  a job started this many times without finishing is marked failed (default: 5)
     L2O_JOB_POLL_S        how often idle workers look for jobs and job event streams look for progress (default: 1)
     L2O_WORKER_CONCURRENCY  jobs one `l2o worker` process runs at once (default: 1)
+    L2O_EVENTS_MAX_PER_KEY  job event streams one API key may hold open at once, per API process, else 429 (default: 8)
+    L2O_EVENTS_MAX_TOTAL    job event streams open at once in all, per API process, else 429 (default: 256)
+    L2O_EVENTS_IDLE_TIMEOUT_S  an event stream whose job did not change for this long ends; clients reconnect
+                          (default: 300)
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=5, ge=1)
     job_poll_s: float = Field(default=1.0, gt=0)
     worker_concurrency: int = Field(default=1, ge=1)
+    events_max_per_key: int = Field(default=8, ge=1)
+    events_max_total: int = Field(default=256, ge=1)
+    events_idle_timeout_s: float = Field(default=300.0, gt=0)
 
     @field_validator("data_dir", "pretrained_dir")
     @classmethod

@@ -148,11 +148,14 @@ class Jobs(SyncResource):
     def wait(self, job_id: str, *, progress: bool = False, timeout: float | None = None) -> Job:
         """Block until the job ends and return it; `progress=True` draws a bar on stderr."""
         waiter = _Waiter(job_id, progress, timeout)
-        job = None
         try:
-            for event in self.events(job_id, timeout=timeout):
-                job = event.job
-                if waiter.seen(event):
+            while True:   # the server ends a stream that saw no change for a while: listen again
+                for event in self.events(job_id, timeout=timeout):
+                    if waiter.seen(event):
+                        return event.job
+                    waiter.check_deadline()
+                job = self.get(job_id)
+                if job.done:
                     return job
                 waiter.check_deadline()
         except APITimeoutError:
@@ -160,7 +163,6 @@ class Jobs(SyncResource):
             raise
         finally:
             waiter.close()
-        return self.get(job_id) if job is None or not job.done else job
 
 
 class AsyncJobs(AsyncResource):
@@ -196,11 +198,14 @@ class AsyncJobs(AsyncResource):
 
     async def wait(self, job_id: str, *, progress: bool = False, timeout: float | None = None) -> Job:
         waiter = _Waiter(job_id, progress, timeout)
-        job = None
         try:
-            async for event in self.events(job_id, timeout=timeout):
-                job = event.job
-                if waiter.seen(event):
+            while True:   # the server ends a stream that saw no change for a while: listen again
+                async for event in self.events(job_id, timeout=timeout):
+                    if waiter.seen(event):
+                        return event.job
+                    waiter.check_deadline()
+                job = await self.get(job_id)
+                if job.done:
                     return job
                 waiter.check_deadline()
         except APITimeoutError:
@@ -208,4 +213,3 @@ class AsyncJobs(AsyncResource):
             raise
         finally:
             waiter.close()
-        return await self.get(job_id) if job is None or not job.done else job

@@ -4,7 +4,9 @@
     GET  /v1/jobs                 the caller's jobs, newest first (every job for `admin` keys)
     GET  /v1/jobs/{id}            state, progress, error, the version it produced
     GET  /v1/jobs/{id}/curve      meta-loss and validation loss at every iteration trained so far
-    GET  /v1/jobs/{id}/events     server-sent events: `progress` whenever the job changes, then `end`
+    GET  /v1/jobs/{id}/events     server-sent events: `progress` whenever the job changes, then `end`; a stream
+                                  with no change for L2O_EVENTS_IDLE_TIMEOUT_S ends (reconnect); at most
+                                  L2O_EVENTS_MAX_PER_KEY open per key, L2O_EVENTS_MAX_TOTAL in all, else 429
     POST /v1/jobs/{id}/cancel     a queued job never starts; a running one stops before its next iteration
 
 Reading jobs needs the `train` or the `admin` scope; a job is visible to the key that submitted it and to
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import DbSession, TrainKey
 from service.api.job_schemas import JobCurve, JobOut, JobState
+from service.api.streams import StreamSlot
 from service.config import Settings
 from service.jobs import repository as repo
 from service.jobs import service as jobs
@@ -106,34 +109,45 @@ def job_events(job_id: str, request: Request, db: DbSession, key: TrainKey) -> S
     jobs.get(db, key, job_id)  # 404 before the stream starts
     db.close()  # the stream reads with sessions of its own; do not hold a connection for its lifetime
     settings: Settings = request.app.state.settings
-    return StreamingResponse(_events(request, request.app.state.db, key, job_id, settings.job_poll_s),
-                             media_type="text/event-stream",
+    slot = request.app.state.event_streams.take(str(key.id))   # 429 when the key or the server has enough
+    stream = slot.bind(_events(request, request.app.state.db, key, job_id, settings.job_poll_s,
+                               settings.events_idle_timeout_s, slot))
+    return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _events(request: Request, db: Database, key: KeyGrant, job_id: str, poll_s: float) -> AsyncIterator[str]:
+async def _events(request: Request, db: Database, key: KeyGrant, job_id: str, poll_s: float, idle_s: float,
+                  slot: StreamSlot) -> AsyncIterator[str]:
+    """Events until the job ends, or until nothing changed for `idle_s` (the client reconnects, as
+    server-sent-event clients do)."""
     def read() -> JobOut:
         with db.session() as s:
             return _out(s, jobs.get(s, key, job_id))
 
-    last, quiet = None, 0.0
-    while True:
-        out = await anyio.to_thread.run_sync(read)
-        data = out.model_dump(mode="json")
-        changed = {k: v for k, v in data.items() if k != "spec"}
-        if out.state in repo.TERMINAL:
-            yield _event("end", data, out.progress.iteration)
-            return
-        if changed != last:
-            yield _event("progress", data, out.progress.iteration)
-            last, quiet = changed, 0.0
-        elif quiet >= KEEPALIVE_S:
-            yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing an idle stream
-            quiet = 0.0
-        if await request.is_disconnected():
-            return
-        await anyio.sleep(poll_s)
-        quiet += poll_s
+    try:
+        last, quiet, idle = None, 0.0, 0.0
+        while True:
+            out = await anyio.to_thread.run_sync(read)
+            data = out.model_dump(mode="json")
+            changed = {k: v for k, v in data.items() if k != "spec"}
+            if out.state in repo.TERMINAL:
+                yield _event("end", data, out.progress.iteration)
+                return
+            if changed != last:
+                yield _event("progress", data, out.progress.iteration)
+                last, quiet, idle = changed, 0.0, 0.0
+            elif idle >= idle_s:
+                return
+            elif quiet >= KEEPALIVE_S:
+                yield ": keep-alive\n\n"  # a comment line: keeps proxies from closing an idle stream
+                quiet = 0.0
+            if await request.is_disconnected():
+                return
+            await anyio.sleep(poll_s)
+            quiet += poll_s
+            idle += poll_s
+    finally:
+        slot.release()
 
 
 def _event(name: str, data: dict, event_id: int) -> str:
