@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 import service
+from service.api.schemas import MAX_DB_INT, DbId
 from service.jobs.spec import JobSpec
 from service.metatrain import BASELINES
 from service.tasks import FAMILIES, make_family
@@ -88,7 +89,7 @@ def optimizer(request: Request, name: str) -> HTMLResponse:
 
 
 @router.get("/ui/optimizers/{name}/versions/{version}")
-def version(request: Request, name: str, version: Annotated[int, PathParam(ge=1)]) -> HTMLResponse:
+def version(request: Request, name: str, version: Annotated[DbId, PathParam(ge=1, le=MAX_DB_INT)]) -> HTMLResponse:
     return shell(request, "version.html", page="version", title=f"{name}:{version}", section="optimizers",
                 params={"name": name, "version": version})
 

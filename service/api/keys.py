@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 
 from service.api.deps import AdminKey, DbSession
-from service.api.schemas import MAX_DB_INT, KeyCreate, KeyCreated, KeyOut
+from service.api.schemas import MAX_DB_INT, DbId, KeyCreate, KeyCreated, KeyOut
 from service.registry import keys
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -26,7 +26,7 @@ def list_keys(db: DbSession, _: AdminKey) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", status_code=204)
-def revoke_key(key_id: Annotated[int, Path(ge=1, le=MAX_DB_INT)], request: Request, db: DbSession,
+def revoke_key(key_id: Annotated[DbId, Path(ge=1, le=MAX_DB_INT)], request: Request, db: DbSession,
                _: AdminKey) -> Response:
     keys.revoke_key(db, key_id)
     db.commit()

@@ -14,6 +14,7 @@ from service.api.schemas import (
     MAX_DB_INT,
     AliasOut,
     AliasUpdate,
+    DbId,
     OptimizerDetail,
     OptimizerSummary,
     VersionDetail,
@@ -24,7 +25,7 @@ from service.registry.names import check_name
 
 router = APIRouter(prefix="/v1/optimizers", tags=["optimizers"])
 
-VersionNumber = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="version number, from 1")]
+VersionNumber = Annotated[DbId, Path(ge=1, le=MAX_DB_INT, description="version number, from 1")]
 DIGEST_HEADER = "X-L2O-SHA256"
 UPLOAD_TYPES = ("application/octet-stream", "application/x-safetensors")
 

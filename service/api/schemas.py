@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from service.registry.keys import Scope
 from service.registry.models import Alias, ApiKey, Optimizer, OptimizerVersion
@@ -15,6 +15,17 @@ from service.sessions.record import SessionInfo
 # Ids and version numbers are the database's INTEGER, 32-bit on PostgreSQL: a larger number names nothing,
 # and is refused as invalid input before it reaches a query that could not even bind it.
 MAX_DB_INT = MAX_VERSION
+
+
+def _plain_digits(value: Any) -> Any:
+    # Pydantic reads " 1\n" as 1 (it strips whitespace): a path naming a key or a version is its digits only.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a plain decimal number")
+    return value
+
+
+# An id or version number in a path: digits only, within the database's INTEGER.
+DbId = Annotated[int, BeforeValidator(_plain_digits)]
 
 
 class ErrorBody(BaseModel):
@@ -94,8 +105,13 @@ class AliasOut(BaseModel):
                    reference=f"{a.optimizer.name}@{a.name}", updated_at=a.updated_at)
 
 
+# A label shown in lists, logs and the dashboard: printable text, no control characters (line breaks
+# included), so it can never split a log line or a header.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
+
+
 class KeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128, pattern=PRINTABLE)
     scopes: list[Scope] = Field(min_length=1)
 
 

@@ -432,6 +432,9 @@ def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ..
     for name, shape in shapes.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
             raise ValidationError(f"parameter name {name!r} must be a string of 1 to {MAX_NAME_CHARS} characters")
+        if not name.isprintable():
+            raise ValidationError(f"parameter name {name[:80]!r} holds a control or separator character: parameter "
+                                  "names are printable text", detail={"name": name[:200]})
         if name == wire.METADATA_KEY:
             raise ValidationError(f"parameter name {name!r} is reserved: safetensors bodies keep their metadata "
                                   "under it", detail={"name": name})
