@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.errors import InvalidName
 from service.lopt import OptimizerConfig
+from service.lopt.config import ARCHITECTURES
 from service.metatrain import BASELINES, MetaTrainSettings
 from service.metatrain.baselines import LR_GRID
-from service.metatrain.settings import META_LR_SCHEDULES
+from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
 from service.registry.names import check_name
 from service.tasks import FAMILIES, TaskFamily, make_family
 
@@ -64,13 +65,16 @@ class FamilySpec(_Strict):
 
 
 class OptimizerSpec(_Strict):
-    """The learned optimizer's architecture and its input/output scaling."""
+    """The learned optimizer's architecture and its input/output scaling. `hidden_size` and `output_scale`
+    default by architecture: 20 and 0.1 for the LSTM, 32 and 0.003 (its base step) for the feature MLP."""
 
-    hidden_size: int = Field(default=_OPT.hidden_size, ge=1, le=1024)
+    architecture: Literal[ARCHITECTURES] = _OPT.architecture  # type: ignore[valid-type]
+    hidden_size: int = Field(default=None, ge=1, le=1024, validate_default=False)  # type: ignore[assignment]
     num_layers: int = Field(default=_OPT.num_layers, ge=1, le=8)
     preprocess: Literal["log_sign", "none"] = _OPT.preprocess
     preprocess_p: float = Field(default=_OPT.preprocess_p, gt=0, lt=100)
-    output_scale: float = Field(default=_OPT.output_scale, description="the update is the LSTM output times this")
+    output_scale: float = Field(default=None, validate_default=False,  # type: ignore[assignment]
+                                description="the LSTM's output times this, or the feature MLP's base step")
 
     @field_validator("output_scale")
     @classmethod
@@ -78,6 +82,17 @@ class OptimizerSpec(_Strict):
         if not (0.0 < abs(value) < 1e6):
             raise ValueError(f"output_scale must be non-zero with magnitude under 1e6, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _architecture_defaults(self) -> OptimizerSpec:
+        mlp = self.architecture == "feature_mlp"
+        if self.hidden_size is None:
+            self.hidden_size = 32 if mlp else _OPT.hidden_size
+        if self.output_scale is None:
+            self.output_scale = 0.003 if mlp else _OPT.output_scale
+        if mlp and (self.preprocess, self.preprocess_p) != (_OPT.preprocess, _OPT.preprocess_p):
+            raise ValueError("preprocess and preprocess_p apply to the lstm architecture only")
+        return self
 
     def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:
         return OptimizerConfig(**self.model_dump(), trained_on=trained_on)
@@ -100,6 +115,11 @@ class TrainingSpec(_Strict):
     eval_instances: int = Field(default=_TRAIN.eval_instances, ge=1, le=65_536,
                                 description="validation instances scored every eval_every iterations")
     resume_every: int = Field(default=_TRAIN.resume_every, ge=1)
+    meta_loss: Literal[META_LOSSES] = Field(  # type: ignore[valid-type]
+        default=_TRAIN.meta_loss, description="sum (the paper's), or log: every problem's relative progress alike")
+    max_horizon: int | None = Field(default=None, ge=1, le=100_000,
+                                    description="when set, each iteration's horizon is drawn from horizon..max_horizon")
+    eval_problems: int = Field(default=_TRAIN.eval_problems, ge=1, le=64, description="validation problems")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Preprocess = Literal["log_sign", "none"]
 PREPROCESS_KINDS: tuple[str, ...] = ("log_sign", "none")
+# "lstm": the paper's coordinatewise LSTM. "feature_mlp": a per-coordinate MLP over Adam-normalised features
+# (lopt/feature_mlp.py), built to carry over to problems it was not trained on.
+ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
+# Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
+LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 
 
 class ConfigError(ValueError):
@@ -15,6 +21,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """hidden_size and num_layers are the LSTM's units and layers, or the feature MLP's hidden width and
+    hidden layers; output_scale multiplies the LSTM's output, or is the feature MLP's base step size."""
+
+    architecture: str = "lstm"
     hidden_size: int = 20
     num_layers: int = 2
     preprocess: Preprocess = "log_sign"
@@ -25,6 +35,12 @@ class OptimizerConfig:
     command: str | None = None
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.architecture != "lstm":
+            for name in LSTM_ONLY_FIELDS:
+                if getattr(self, name) != self.__dataclass_fields__[name].default:
+                    raise ConfigError(f"{name} applies to the lstm architecture only, not to {self.architecture}")
         if not (1 <= int(self.hidden_size) <= 1024):
             raise ConfigError(f"hidden_size must be in 1..1024, got {self.hidden_size}")
         if not (1 <= int(self.num_layers) <= 8):
@@ -38,14 +54,35 @@ class OptimizerConfig:
 
     @property
     def input_size(self) -> int:
+        if self.architecture == "feature_mlp":
+            from service.lopt.feature_mlp import N_FEATURES
+
+            return N_FEATURES
         return 2 if self.preprocess == "log_sign" else 1
 
     @property
+    def state_shape_per_coord(self) -> tuple[int, ...]:
+        """The shape of one coordinate's state: (layers, (h, c), hidden) for the LSTM; (moments,) for the
+        feature MLP."""
+        if self.architecture == "feature_mlp":
+            from service.lopt.feature_mlp import N_STATE
+
+            return (N_STATE,)
+        return (self.num_layers, 2, self.hidden_size)
+
+    @property
     def state_floats_per_coord(self) -> int:
-        return self.num_layers * 2 * self.hidden_size
+        return math.prod(self.state_shape_per_coord)
+
+    def state_shape(self, n_coords: int) -> tuple[int, ...]:
+        return (n_coords, *self.state_shape_per_coord)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.architecture != "lstm":
+            for name in LSTM_ONLY_FIELDS:
+                d.pop(name)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimizerConfig:

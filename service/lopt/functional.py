@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from service.lopt import feature_mlp
 from service.lopt.config import OptimizerConfig
 from service.lopt.preprocess import preprocess
 from service.lopt.state import LSTMState, init
@@ -46,8 +47,13 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
     """One optimizer step for every coordinate: returns (updates, new_state)."""
     if grads.dim() != 1:
         raise ValueError(f"grads must be flat (n_coords,), got shape {tuple(grads.shape)}")
+    if state.hc.shape[1:] != config.state_shape_per_coord:
+        raise ValueError(f"state has shape {tuple(state.hc.shape)}, the config needs {config.state_shape(grads.shape[0])}")
     if grads.shape[0] != state.n_coords:
         raise ValueError(f"grads has {grads.shape[0]} coordinates, state has {state.n_coords}")
+    if config.architecture == "feature_mlp":
+        updates, hc = feature_mlp.step(weights, grads, state.hc, config.output_scale, config.num_layers)
+        return updates, LSTMState(hc)
     needs_grad = torch.is_grad_enabled() and (
         grads.requires_grad or state.hc.requires_grad or any(w.requires_grad for w in weights.values()))
     if needs_grad:

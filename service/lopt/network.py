@@ -7,16 +7,21 @@ import math
 import torch
 from torch import nn
 
+from service.lopt import feature_mlp
 from service.lopt.config import OptimizerConfig
 
 
 def weight_shapes(config: OptimizerConfig) -> dict[str, tuple[int, ...]]:
     """The name and shape of every weight a config implies.
 
+    For the feature MLP see `feature_mlp.weight_shapes`. For the LSTM:
+
     Each layer's input and recurrent matrices are fused into one (4H, in + H)
     matrix, gates ordered i, f, g, o as in torch.nn.LSTMCell, so one matrix
     product gives all four gates.
     """
+    if config.architecture == "feature_mlp":
+        return feature_mlp.weight_shapes(config.hidden_size, config.num_layers)
     h = config.hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(config.num_layers):
@@ -31,6 +36,9 @@ def weight_shapes(config: OptimizerConfig) -> dict[str, tuple[int, ...]]:
 class CoordinatewiseLSTM(nn.Module):
     """Holds the weights φ as trainable parameters; the computation lives in `lopt.step`.
 
+    Despite its name it holds either architecture's weights (the config says which): the LSTM's, or the
+    feature MLP's (initialised so that the rule starts as Adam).
+
     Parameters are registered through nn.ParameterDict so that every one of them
     is seen by the meta-optimizer (a plain Python list would silently hide them).
     """
@@ -39,6 +47,10 @@ class CoordinatewiseLSTM(nn.Module):
         super().__init__()
         self.config = config
         self.params = nn.ParameterDict()
+        if config.architecture == "feature_mlp":
+            for name, w in feature_mlp.init_weights(config.hidden_size, config.num_layers, generator).items():
+                self.params[name.replace(".", "_")] = nn.Parameter(w)
+            return
         bound = 1.0 / math.sqrt(config.hidden_size)
         for name, shape in weight_shapes(config).items():
             w = torch.empty(shape).uniform_(-bound, bound, generator=generator)

@@ -10,7 +10,7 @@ from service.lopt.config import OptimizerConfig
 
 
 class LSTMState(NamedTuple):
-    """(h, c) of every LSTM layer for every coordinate.
+    """(h, c) of every LSTM layer for every coordinate (for the feature MLP: its moments, (n_coords, 8)).
 
     One tensor of shape (n_coords, num_layers, 2, hidden_size): each coordinate's
     80 floats (by default) sit together, so a slice of coordinates is one
@@ -32,8 +32,7 @@ def init(config: OptimizerConfig, n_coords: int, *, dtype: torch.dtype = torch.f
     """Zero state for `n_coords` coordinates."""
     if n_coords < 0:
         raise ValueError(f"n_coords must be >= 0, got {n_coords}")
-    shape = (n_coords, config.num_layers, 2, config.hidden_size)
-    return LSTMState(torch.zeros(shape, dtype=dtype, device=device))
+    return LSTMState(torch.zeros(config.state_shape(n_coords), dtype=dtype, device=device))
 
 
 def state_nbytes(config: OptimizerConfig, n_coords: int, dtype: torch.dtype = torch.float32) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
 META_LR_SCHEDULES = ("constant", "cosine")
+META_LOSSES = ("sum", "log")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,13 @@ class MetaTrainSettings:
     eval_instances: int = 16
     resume_every: int = 10
     device: str = "cpu"
+    # "sum": the paper's Σ f(θ_t). "log": the mean of log f(θ_t), the same weight for every problem's relative
+    # progress whatever its loss scale (a mixture of problems needs it); a trajectory that diverges is dropped.
+    meta_loss: str = "sum"
+    # When set, each iteration's horizon is drawn log-uniformly from horizon..max_horizon (a multiple of
+    # unroll): short runs keep early progress in view, long ones teach the optimizer to stay stable.
+    max_horizon: int | None = None
+    eval_problems: int = 1  # validation problems (a mixture's validation draws several)
 
     def __post_init__(self) -> None:
         checks = [
@@ -40,6 +49,10 @@ class MetaTrainSettings:
             (1 <= self.eval_every, "eval_every must be >= 1"),
             (1 <= self.eval_instances <= 65_536, "eval_instances must be in 1..65536"),
             (1 <= self.resume_every, "resume_every must be >= 1"),
+            (self.meta_loss in META_LOSSES, f"meta_loss must be one of {', '.join(META_LOSSES)}"),
+            (self.max_horizon is None or self.horizon <= self.max_horizon <= 100_000,
+             "max_horizon must be in horizon..100000"),
+            (1 <= self.eval_problems <= 64, "eval_problems must be in 1..64"),
         ]
         for ok, message in checks:
             if not ok:
@@ -51,6 +64,18 @@ class MetaTrainSettings:
         if self.meta_lr_schedule == "cosine":
             return self.meta_lr * 0.5 * (1.0 + math.cos(math.pi * iteration / self.iterations))
         return self.meta_lr
+
+    def horizon_at(self, iteration: int) -> int:
+        """The horizon of 0-based `iteration` (a function of the seed and the iteration, so resumes agree)."""
+        if self.max_horizon is None or self.max_horizon == self.horizon:
+            return self.horizon
+        rng = random.Random(self.seed * 1_000_003 + iteration)
+        drawn = math.exp(rng.uniform(math.log(self.horizon), math.log(self.max_horizon)))
+        return max(self.unroll, int(drawn) // self.unroll * self.unroll)
+
+    @property
+    def eval_horizon(self) -> int:
+        return self.max_horizon or self.horizon
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,10 +50,24 @@ class MetaTrainResult:
 
 def _validation_loss(config: OptimizerConfig, weights: dict[str, torch.Tensor], family: TaskFamily,
                      settings: MetaTrainSettings) -> float:
-    batch = family.sample(settings.eval_instances, settings.seed, "validation", device=settings.device)
-    curve = lstm_curve(config, weights, batch, settings.horizon, final_only=True)
-    value = float(curve[-1].mean())
-    return value if math.isfinite(value) else math.inf
+    """The mean final loss on validation instances; with several problems or the log meta-loss, the mean
+    over problems of log(final loss / initial loss), so that every problem counts alike."""
+    if settings.eval_problems == 1 and settings.meta_loss == "sum":
+        batch = family.sample(settings.eval_instances, settings.seed, "validation", device=settings.device)
+        curve = lstm_curve(config, weights, batch, settings.horizon, final_only=True)
+        value = float(curve[-1].mean())
+        return value if math.isfinite(value) else math.inf
+    total = 0.0
+    for k in range(settings.eval_problems):
+        batch = family.sample(settings.eval_instances, settings.seed * 1_009 + k, "validation", device=settings.device)
+        with torch.no_grad():
+            start = batch.eval_loss(batch.init_params()).clamp_min(1e-30)
+        final = lstm_curve(config, weights, batch, settings.eval_horizon, final_only=True)[-1]
+        ratio = float((final.clamp_min(1e-30) / start).log().mean())
+        if not math.isfinite(ratio):
+            return math.inf
+        total += ratio
+    return total / settings.eval_problems
 
 
 def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainSettings, *,
@@ -77,7 +91,6 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
 
     began = time.perf_counter()
     steps_done = 0
-    n_unrolls = settings.horizon // settings.unroll
     for it in range(start, settings.iterations):
         if should_stop is not None and should_stop():
             raise MetaTrainingStopped(f"stopped before iteration {it + 1}")
@@ -88,8 +101,13 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
         theta = batch.init_params()
         traj = Trajectory(theta, init(config, theta.numel(), device=device), 0)
         total = 0.0
+        horizon = settings.horizon_at(it)
+        n_unrolls = horizon // settings.unroll
         for _ in range(n_unrolls):
-            meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll)
+            meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll, settings.meta_loss)
+            if not torch.isfinite(meta_loss) and settings.meta_loss == "log":
+                n_unrolls = max(1, traj.step // settings.unroll - 1)
+                break  # this problem diverged under the current weights: drop the rest of its trajectory
             if not torch.isfinite(meta_loss):
                 raise MetaTrainingDiverged(
                     f"meta-loss became {float(meta_loss.detach())} at iteration {it + 1}, optimizee step {traj.step}; "
@@ -99,8 +117,8 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
             torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
             meta_opt.step()
             traj = traj.detach()
-            total += float(meta_loss.detach()) / settings.unroll
-        steps_done += settings.horizon * settings.instances
+            total += float(meta_loss.detach()) / (settings.unroll if settings.meta_loss == "sum" else 1)
+        steps_done += traj.step * settings.instances
         eval_loss = None
         if (it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations:
             eval_loss = _validation_loss(config, net.weights(), family, settings)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.lopt import LSTMState, OptimizerConfig
+from service.lopt import LSTMState, OptimizerConfig, step
 from service.lopt.fused import from_columns, step_columns, to_columns
 from service.tasks.base import TaskBatch
 
@@ -40,8 +40,14 @@ def optimizee_gradient(batch: TaskBatch, theta: torch.Tensor, step: int) -> tupl
 
 
 def run_unroll(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch,
-               traj: Trajectory, unroll: int) -> tuple[torch.Tensor, Trajectory]:
-    """Advance `traj` by `unroll` steps; returns (meta-loss, new trajectory) with the graph kept."""
+               traj: Trajectory, unroll: int, meta_loss: str = "sum") -> tuple[torch.Tensor, Trajectory]:
+    """Advance `traj` by `unroll` steps; returns (meta-loss, new trajectory) with the graph kept.
+
+    meta_loss "sum" is the paper's Σ f(θ_t); "log" is the mean of log f(θ_t), which weighs a problem's
+    relative progress the same whatever its loss scale (a mixture of problems needs that).
+    """
+    if config.architecture != "lstm" or meta_loss != "sum":
+        return _run_unroll_functional(config, weights, batch, traj, unroll, meta_loss)
     theta = traj.theta
     if not theta.requires_grad:
         theta = theta.detach().requires_grad_()
@@ -58,3 +64,27 @@ def run_unroll(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch:
     final = batch.loss(theta, traj.step + unroll)
     meta_loss = meta_loss + final.mean()
     return meta_loss, Trajectory(theta, from_columns(hc, traj.state.hc.dtype), traj.step + unroll)
+
+
+def _run_unroll_functional(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch,
+                           traj: Trajectory, unroll: int, meta_loss: str) -> tuple[torch.Tensor, Trajectory]:
+    """The same unroll through `lopt.step`'s differentiable definition, for any architecture and meta-loss."""
+    theta = traj.theta
+    if not theta.requires_grad:
+        theta = theta.detach().requires_grad_()
+    b, d = theta.shape
+    state = traj.state
+    total = theta.new_zeros(())
+
+    def term(loss: torch.Tensor) -> torch.Tensor:
+        # A floor keeps log finite for a problem solved to zero loss; 1e-8 is below any loss reported.
+        return loss.clamp_min(1e-8).log().mean() if meta_loss == "log" else loss.mean()
+
+    for t in range(unroll):
+        loss, grad = optimizee_gradient(batch, theta, traj.step + t)
+        if t > 0:
+            total = total + term(loss)
+        updates, state = step(config, weights, grad.reshape(-1), state)
+        theta = theta + updates.view(b, d)
+    total = total + term(batch.loss(theta, traj.step + unroll))
+    return total / (unroll if meta_loss == "log" else 1), Trajectory(theta, state, traj.step + unroll)

@@ -6,6 +6,7 @@ from typing import Any
 
 from service.tasks.base import SPLITS, TaskBatch, TaskFamily
 from service.tasks.conv import ConvFamily
+from service.tasks.mixture import MixtureFamily
 from service.tasks.mlp import LogisticFamily, MLPFamily
 from service.tasks.quadratic import QuadraticFamily
 
@@ -14,6 +15,7 @@ FAMILIES: dict[str, type] = {
     "mlp": MLPFamily,
     "logistic": LogisticFamily,
     "conv": ConvFamily,
+    "mixture": MixtureFamily,
 }
 
 
@@ -29,5 +31,5 @@ def make_family(name: str, **params: Any) -> TaskFamily:
         raise ValueError(f"bad parameters for family {name!r}: {exc}") from exc
 
 
-__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "LogisticFamily", "MLPFamily", "QuadraticFamily", "TaskBatch",
+__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "LogisticFamily", "MLPFamily", "MixtureFamily", "QuadraticFamily", "TaskBatch",
            "TaskFamily", "make_family"]
