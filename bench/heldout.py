@@ -33,7 +33,7 @@ class Problem:
         return self.builder()(n_instances, seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sklearn(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     import sklearn.datasets as ds
 

@@ -48,7 +48,8 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
     if grads.dim() != 1:
         raise ValueError(f"grads must be flat (n_coords,), got shape {tuple(grads.shape)}")
     if state.hc.shape[1:] != config.state_shape_per_coord:
-        raise ValueError(f"state has shape {tuple(state.hc.shape)}, the config needs {config.state_shape(grads.shape[0])}")
+        raise ValueError(f"state has shape {tuple(state.hc.shape)}, "
+                         f"the config needs {config.state_shape(grads.shape[0])}")
     if grads.shape[0] != state.n_coords:
         raise ValueError(f"grads has {grads.shape[0]} coordinates, state has {state.n_coords}")
     if config.architecture == "feature_mlp":

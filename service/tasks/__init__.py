@@ -31,5 +31,5 @@ def make_family(name: str, **params: Any) -> TaskFamily:
         raise ValueError(f"bad parameters for family {name!r}: {exc}") from exc
 
 
-__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "LogisticFamily", "MLPFamily", "MixtureFamily", "QuadraticFamily", "TaskBatch",
-           "TaskFamily", "make_family"]
+__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "LogisticFamily", "MLPFamily", "MixtureFamily", "QuadraticFamily",
+           "TaskBatch", "TaskFamily", "make_family"]
