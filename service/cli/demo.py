@@ -44,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("l2o-demo"),
                    help="folder for the plot (loss.png), the curves (curves.json) and the server log")
-    p.add_argument("--steps", type=int, default=100, help="training steps of each optimizer (default 100)")
+    p.add_argument("--steps", type=int, default=100, help="training steps of each optimizer")
     p.add_argument("--optimizer", help=f"registry reference to use (default: the first of {', '.join(PREFERRED)} "
                                        "the registry holds)")
     p.add_argument("--url", help="use the l2o server at this URL (default: L2O_URL, else start one)")
     p.add_argument("--no-job", action="store_true", help="do not submit the demo meta-training job")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the data order")
     p.set_defaults(func=run)
 
 

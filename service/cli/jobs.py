@@ -1,12 +1,9 @@
 """`l2o jobs`: submit, list, show, cancel and watch meta-training jobs on an l2o server, through the SDK.
 
-The server is L2O_URL (default http://127.0.0.1:8000). The key is L2O_API_KEY, else the key file the
-embedded server writes on first start (<data_dir>/admin.key): the SDK's `Client()` finds both.
-
     l2o jobs submit --name quad-small --family quadratic --param dim=10 --set training.iterations=100 --watch
     l2o jobs submit --spec job.json
-    l2o jobs list [--state running]
-    l2o jobs show JOB_ID
+    l2o jobs list [--state running] [--json]
+    l2o jobs show JOB_ID [--json]
     l2o jobs watch JOB_ID          a progress bar until the job ends; exit status 0 only if it succeeded
     l2o jobs cancel JOB_ID
 """
@@ -19,20 +16,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from client import APIConnectionError, APIStatusError, Client, Job
-from client import L2OError as ClientError
+from client import Client, Job
+from service.cli.errors import CliError
 from service.cli.options import parse_params
+from service.cli.output import add_json_option, print_json, print_table
 from service.cli.progress import ProgressBar, fmt_seconds
+from service.cli.remote import with_client
 
-
-class CliError(Exception):
-    """A problem to print as one line, exiting with status 1."""
+__all__ = ["CliError", "build_spec", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("jobs", help="meta-training jobs on an l2o server", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    p = sub.add_parser("jobs", help="meta-training jobs on an l2o server", description=__doc__)
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
 
     s = jobs.add_parser("submit", help="submit a job; prints its id")
     s.add_argument("--spec", help="a JSON job spec file ('-' reads stdin); the options below override it")
@@ -46,40 +42,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=with_client(submit))
 
     ls = jobs.add_parser("list", help="your jobs, newest first (every job for an admin key)")
-    ls.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                    help="only jobs in this state")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many jobs")
+    add_json_option(ls)
     ls.set_defaults(func=with_client(list_jobs))
 
-    for name, func, text in [("show", show, "a job as JSON"), ("watch", watch, "a progress bar until the job ends"),
+    show_parser = jobs.add_parser("show", help="a job's state, progress and result")
+    show_parser.add_argument("job_id", help="the job's id")
+    add_json_option(show_parser)
+    show_parser.set_defaults(func=with_client(show))
+    for name, func, text in [("watch", watch, "a progress bar until the job ends; exit status 0 only if it "
+                                              "succeeded"),
                              ("cancel", cancel, "cancel a queued or running job")]:
         c = jobs.add_parser(name, help=text)
-        c.add_argument("job_id")
+        c.add_argument("job_id", help="the job's id")
         c.set_defaults(func=with_client(func))
-
-
-# --- the client -------------------------------------------------------------------------------------
-
-
-def with_client(command):
-    """Wrap a command taking (args, client) into one taking args, turning every failure into one line."""
-
-    def run(args: argparse.Namespace, client: Client | None = None) -> int:
-        try:
-            if client is not None:
-                return command(args, client)
-            with Client() as own:
-                return command(args, own)
-        except CliError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-        except APIConnectionError as exc:
-            print(f"error: cannot reach the l2o server: {exc.message}", file=sys.stderr)
-        except APIStatusError as exc:
-            print(f"error: {exc.message} (HTTP {exc.status_code})", file=sys.stderr)
-        except ClientError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-    return run
 
 
 # --- the commands -----------------------------------------------------------------------------------
@@ -128,18 +106,28 @@ def submit(args: argparse.Namespace, client: Client) -> int:
 
 
 def list_jobs(args: argparse.Namespace, client: Client) -> int:
-    print(f"{'ID':<32}  {'NAME':<20} {'STATE':<10} {'PROGRESS':>11} {'META-LOSS':>10}  RESULT")
-    for job in client.jobs.list(state=args.state, limit=args.limit):
-        p = job.progress
-        loss = f"{p.meta_loss:.4g}" if p.meta_loss is not None else "-"
-        result = job.result.reference if job.result else (job.error or "")[:40]
-        print(f"{job.id:<32}  {job.name[:20]:<20} {job.state:<10} "
-              f"{p.iteration:>5}/{p.total_iterations:<5} {loss:>10}  {result}")
+    jobs = client.jobs.list(state=args.state, limit=args.limit)
+    if args.json:
+        print_json([job.raw for job in jobs])
+        return 0
+    print_table(["ID", "NAME", "STATE", "PROGRESS", "META-LOSS", "RESULT"],
+                [[job.id, job.name, job.state, f"{job.progress.iteration}/{job.progress.total_iterations}",
+                  job.progress.meta_loss, job.result.reference if job.result else (job.error or "")[:40] or None]
+                 for job in jobs])
     return 0
 
 
 def show(args: argparse.Namespace, client: Client) -> int:
-    print(json.dumps(client.jobs.get(args.job_id).raw, indent=2))
+    job = client.jobs.get(args.job_id)
+    if args.json:
+        print_json(job.raw)
+        return 0
+    p = job.progress
+    print_table(["FIELD", "VALUE"], [
+        ("id", job.id), ("name", job.name), ("state", job.state),
+        ("progress", f"{p.iteration}/{p.total_iterations} {p.phase or ''}".strip()),
+        ("meta-loss", p.meta_loss), ("eval loss", p.eval_loss), ("elapsed", fmt_seconds(p.elapsed_s)),
+        ("result", job.result.reference if job.result else None), ("error", job.error)])
     return 0
 
 

@@ -1,55 +1,50 @@
-"""`l2o keys create|list|revoke`: manage API keys directly in the database (no server needed)."""
+"""`l2o keys create|list|revoke`: manage API keys directly in the database (no server needed).
+
+The database is L2O_DATABASE_URL (default: the embedded SQLite file under L2O_DATA_DIR). `admin` implies
+every scope; `optimize` and `train` grant only themselves.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from service.cli.output import add_json_option, print_json, print_table
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from service.registry.keys import SCOPES
 
-    p = subparsers.add_parser("keys", help="manage API keys", description="Manage API keys in the database.")
-    sub = p.add_subparsers(dest="keys_command", required=True)
+    p = subparsers.add_parser("keys", help="manage API keys", description=__doc__)
+    sub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     create = sub.add_parser("create", help="create a key and print it (shown this once)")
     create.add_argument("--name", required=True, help="what the key is for")
     create.add_argument("--scope", action="append", required=True, choices=SCOPES, dest="scopes",
                         help="a scope to grant; repeat for several")
     create.set_defaults(func=create_key)
     ls = sub.add_parser("list", help="list keys (never the keys themselves)")
+    add_json_option(ls)
     ls.set_defaults(func=list_keys)
     revoke = sub.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("id", type=int)
+    revoke.add_argument("id", type=int, help="the key's id, as `l2o keys list` shows it")
     revoke.set_defaults(func=revoke_key)
 
 
-def _database():
+def _run(action):
+    """`action(session)` in one transaction on the configured database; errors propagate to the command's
+    one-line report."""
     from service.config import Settings
     from service.registry import migrate
     from service.registry.db import Database
 
     settings = Settings()
     migrate.ensure_schema(settings.db_url, embedded=settings.embedded)
-    return Database(settings.db_url)
-
-
-def _run(action):
-    """Run `action(session)` in one transaction; an L2OError is printed and gives None."""
-    from service.errors import L2OError
-
-    try:
-        db = _database()
-    except L2OError as exc:
-        print(f"l2o keys: {exc.message}", file=sys.stderr)
-        return None
+    db = Database(settings.db_url)
     try:
         with db.session() as session:
             result = action(session)
             session.commit()
             return result
-    except L2OError as exc:
-        print(f"l2o keys: {exc.message}", file=sys.stderr)
-        return None
     finally:
         db.dispose()
 
@@ -57,10 +52,7 @@ def _run(action):
 def create_key(args: argparse.Namespace) -> int:
     from service.registry import keys
 
-    created = _run(lambda s: keys.create_key(s, args.name, args.scopes))
-    if created is None:
-        return 1
-    row, key = created
+    row, key = _run(lambda s: keys.create_key(s, args.name, args.scopes))
     print(f"created key {row.id} ({row.name}, scopes: {' '.join(row.scopes)}); it is shown only this once:",
           file=sys.stderr)
     print(key)
@@ -71,11 +63,13 @@ def list_keys(args: argparse.Namespace) -> int:
     from service.registry import keys
 
     rows = _run(keys.list_keys)
-    if rows is None:
-        return 1
-    for k in rows:
-        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
-        print(f"{k.id}\t{k.prefix}…\t{','.join(k.scopes)}\t{state}\t{k.name}")
+    if args.json:
+        print_json([{"id": k.id, "name": k.name, "prefix": k.prefix, "scopes": k.scopes, "created_at": k.created_at,
+                     "revoked_at": k.revoked_at} for k in rows])
+        return 0
+    print_table(["ID", "PREFIX", "SCOPES", "STATE", "NAME"],
+                [[k.id, f"{k.prefix}…", ",".join(k.scopes), f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at
+                  else "live", k.name] for k in rows])
     return 0
 
 
@@ -83,7 +77,5 @@ def revoke_key(args: argparse.Namespace) -> int:
     from service.registry import keys
 
     row = _run(lambda s: keys.revoke_key(s, args.id))
-    if row is None:
-        return 1
     print(f"revoked key {row.id} ({row.name})")
     return 0

@@ -21,7 +21,8 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def add_family_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--family", required=True, help="task family: quadratic, mlp, logistic, conv")
+def add_family_options(parser: argparse.ArgumentParser, *, required: bool = True,
+                       family_help: str = "task family: quadratic, mlp, logistic, conv") -> None:
+    parser.add_argument("--family", required=required, help=family_help)
     parser.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="a family parameter, e.g. --param hidden_sizes=[40] --param activation=relu")

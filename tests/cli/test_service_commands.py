@@ -58,7 +58,7 @@ def test_keys_create_list_revoke(env, capsys):
     listed = capsys.readouterr().out
     assert key[:12] in listed and key not in listed and "live" in listed
     assert main(["keys", "revoke", str(row.id)]) == 0
-    assert main(["keys", "revoke", "999"]) == 1
+    assert main(["keys", "revoke", "999"]) == 3  # not found
     assert "no API key with id 999" in capsys.readouterr().err
 
 

@@ -36,13 +36,13 @@ def test_submit_watch_list_show_cancel(client, train_headers, tmp_path, capsys):
     listed = capsys.readouterr().out
     assert job_id in listed and "succeeded" in listed and "from-cli:1" in listed
 
-    assert cli(["jobs", "show", job_id], client, train_headers) == 0
+    assert cli(["jobs", "show", job_id, "--json"], client, train_headers) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["state"] == "succeeded" and shown["spec"]["training"]["iterations"] == 4
 
     assert cli(["jobs", "cancel", job_id], client, train_headers) == 1
     assert "already succeeded" in capsys.readouterr().err
-    assert cli(["jobs", "watch", "no-such-job"], client, train_headers) == 1
+    assert cli(["jobs", "watch", "no-such-job"], client, train_headers) == 3  # not found
     assert "no job 'no-such-job' (HTTP 404)" in capsys.readouterr().err
 
 
@@ -72,10 +72,10 @@ def test_build_spec_merges_file_and_options(tmp_path):
 def test_no_key_and_no_server_are_one_line_errors(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("L2O_API_KEY", raising=False)
     monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path))
-    assert main(["jobs", "list"]) == 1
+    assert main(["jobs", "list"]) == 4  # authentication
     err = capsys.readouterr().err
     assert err.startswith("error: no API key") and "set L2O_API_KEY" in err and "start the embedded server once" in err
     (tmp_path / "admin.key").write_text("l2o_from_file\n")
     monkeypatch.setenv("L2O_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
-    assert main(["jobs", "list"]) == 1
+    assert main(["jobs", "list"]) == 5  # server unreachable
     assert "cannot reach the l2o server" in capsys.readouterr().err
