@@ -90,6 +90,7 @@ def test_serve_on_the_embedded_default_prepares_everything_before_uvicorn(tmp_pa
     monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("L2O_PRETRAINED_DIR", str(tmp_path / "none"))
     monkeypatch.setenv("L2O_SESSION_STORE", "redis://127.0.0.1:6379/0")   # several workers need a shared store
+    monkeypatch.setenv("L2O_WORKERS", "1")  # serve writes --workers into the environment: undone after the test
     seen = []
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: seen.append((tmp_path / "data" / "admin.key").exists()))
     assert main(["serve", "--workers", "2"]) == 0
