@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 import service
-from service.api import dashboard, health, jobs, keys, optimizers, sessions
+from service.api import dashboard, docs, health, jobs, keys, optimizers, sessions
 from service.api.body import BodyLimitMiddleware
 from service.api.key_cache import KeyCache
 from service.api.ratelimit import rate_limit_component
@@ -68,7 +68,8 @@ def start_registry(settings: Settings, db: Database) -> None:
 
 
 # Sessions first: routes are matched in order, and a step is the request whose latency users feel.
-ROUTERS = [sessions.router, health.router, optimizers.router, keys.router, jobs.router, dashboard.router]
+ROUTERS = [sessions.router, health.router, optimizers.router, keys.router, jobs.router, dashboard.router,
+           docs.router]
 COMPONENTS: list[Component] = [registry_component, rate_limit_component, sessions.sessions_component,
                                jobs.jobs_component]
 
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.unfreeze()   # for a process that goes on after this app (tests): collectable again
 
     app = FastAPI(title="l2o", version=service.__version__, lifespan=lifespan,
-                  description="Learned optimizers as a service.",
+                  description="Learned optimizers as a service.", docs_url=None, redoc_url=None,  # api/docs.py
                   responses={"default": {"model": ErrorResponse, "description": "an error"}})
     app.state.settings = settings
     app.state.db = Database(settings.db_url)
