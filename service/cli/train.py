@@ -1,12 +1,12 @@
 """`l2o train`: meta-train an optimizer on a task family and save its checkpoint.
 
     l2o train --family quadratic --param dim=10 --iterations 100 --out quad
-    l2o train --resume quad          continue an interrupted run where it stopped
+    l2o train --out quad --resume    continue an interrupted run where it stopped
 
 Every --resume-every iterations, and when interrupted (Ctrl-C), the run writes OUT/resume.pt (weights,
 meta-optimizer and RNG state) beside OUT/resume.json (the options it was started with); `l2o train
---resume OUT` continues from there and saves the checkpoint an uninterrupted run would have. Both files
-are removed once the checkpoint is saved.
+--out OUT --resume` continues from there, with those options (any given again must match), and saves the
+checkpoint an uninterrupted run would have. Both files are removed once the checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -76,19 +76,21 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-heldout", type=int, default=64, help="held-out instances in the final evaluation")
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation against the baselines")
     p.add_argument("--out", type=Path, help="folder to write the checkpoint to (required)")
-    p.add_argument("--resume", type=Path, metavar="OUT",
-                   help=f"continue the interrupted run whose --out was OUT (from OUT/{RESUME_FILE}), with the "
-                        "options it was started with; give no other option")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the interrupted run in --out (from OUT/{RESUME_FILE}) with the options it was "
+                        "started with")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume is not None:
+    if args.out is None:
+        raise CliError("l2o train needs --out, the folder to write the checkpoint to", ExitCode.USAGE)
+    if args.resume:
         args, command = resumed(args)
     else:
-        if args.family is None or args.out is None:
-            raise CliError("l2o train needs --family and --out (or --resume OUT to continue a run)", ExitCode.USAGE)
+        if args.family is None:
+            raise CliError("l2o train needs --family (or --resume to continue the run in --out)", ExitCode.USAGE)
         if (args.out / RESUME_FILE).exists():
-            raise CliError(f"{args.out} holds an interrupted run: continue it with `l2o train --resume {args.out}`, "
+            raise CliError(f"{args.out} holds an interrupted run: continue it with `{go_on(args.out)}`, "
                            f"or delete {args.out / RESUME_FILE} to start over", ExitCode.USAGE)
         command = "l2o " + shlex.join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("l2o") else None
     family = make_family(args.family, **parse_params(args.param))
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         trained_on={"family": family.name, "params": family.params(), "settings": settings.to_dict()},
         command=command)
     out: Path = args.out
-    resume = load_resume(out) if args.resume is not None else None
+    resume = load_resume(out) if args.resume else None
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_FILE).write_text(json.dumps({"command": command, "options": options_of(args)}, indent=2) + "\n")
 
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             save_resume(out, latest[0])
             print(f"interrupted after iteration {latest[0].iteration} of {settings.iterations}; saved "
-                  f"{out / RESUME_FILE}. Go on with: l2o train --resume {shlex.quote(str(out))}", file=sys.stderr)
+                  f"{out / RESUME_FILE}. Go on with: {go_on(out)}", file=sys.stderr)
         return ExitCode.INTERRUPTED
     bar.close()
     result.checkpoint.save(out)
@@ -153,24 +155,31 @@ def options_of(args: argparse.Namespace) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("func", "resume")}
 
 
+def go_on(out: Path) -> str:
+    return f"l2o train --out {shlex.quote(str(out))} --resume"
+
+
 def resumed(args: argparse.Namespace) -> tuple[argparse.Namespace, str | None]:
-    """The options of the run in args.resume, and the command that started it."""
-    blank = argparse.ArgumentParser()
-    add_options(blank)
-    defaults = vars(blank.parse_args([]))
-    given = sorted(k for k, v in vars(args).items() if k in defaults and k != "resume" and v != defaults[k])
-    if given:
-        raise CliError(f"--resume continues a run with the options it was started with; drop "
-                       f"{', '.join('--' + k.replace('_', '-') for k in given)}", ExitCode.USAGE)
-    path = args.resume / RUN_FILE
+    """The options of the run in args.out, and the command that started it. An option given again must
+    have the value the run was started with (any other would make a different run)."""
+    path = args.out / RUN_FILE
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CliError(f"{args.resume} holds no interrupted run (no {path})", ExitCode.NOT_FOUND) from None
+        raise CliError(f"{args.out} holds no interrupted run (no {path})", ExitCode.NOT_FOUND) from None
     except ValueError as exc:
         raise CliError(f"{path} is not valid JSON: {exc}") from None
-    options = {**defaults, **saved["options"], "out": args.resume, "resume": args.resume, "func": args.func}
-    return argparse.Namespace(**options), saved.get("command")
+    blank = argparse.ArgumentParser()
+    add_options(blank)
+    defaults = vars(blank.parse_args([]))
+    options = saved["options"]
+    changed = sorted(k for k, v in vars(args).items()
+                     if k in options and k != "out" and v != defaults.get(k) and v != options[k])
+    if changed:
+        raise CliError("the run was started with " + ", ".join(f"--{k.replace('_', '-')} {options[k]}" for k in changed)
+                       + ": give the same, or none (--resume continues with the run's options)", ExitCode.USAGE)
+    merged = {**defaults, **options, "out": args.out, "resume": True, "func": args.func}
+    return argparse.Namespace(**merged), saved.get("command")
 
 
 def load_resume(out: Path) -> ResumeCheckpoint:

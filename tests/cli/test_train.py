@@ -38,19 +38,19 @@ def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_p
     interrupt_at(monkeypatch, 5)
     assert main(["train", *TINY, "--out", str(split)]) == 130  # resume-every 10: only Ctrl-C writes one
     err = capsys.readouterr().err
-    assert "interrupted after iteration 4 of 6" in err and f"l2o train --resume {split}" in err
+    assert "interrupted after iteration 4 of 6" in err and f"l2o train --out {split} --resume" in err
     assert "Traceback" not in err and not (split / "weights.safetensors").exists()
     assert ResumeCheckpoint.from_bytes((split / "resume.pt").read_bytes()).iteration == 4
 
     monkeypatch.undo()
     assert main(["train", *TINY, "--out", str(split)]) == 2  # a new run would overwrite the interrupted one
-    assert f"l2o train --resume {split}" in capsys.readouterr().err
-    assert main(["train", "--resume", str(split), "--iterations", "9"]) == 2  # a resumed run keeps its options
-    assert "drop --iterations" in capsys.readouterr().err
-    assert main(["train", "--resume", str(split)]) == 0
+    assert f"l2o train --out {split} --resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(split), "--resume", "--iterations", "9"]) == 2  # a resumed run keeps its options
+    assert "started with --iterations 6" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", str(split), "--resume"]) == 0  # the same options again are fine
     assert (split / "weights.safetensors").read_bytes() == (whole / "weights.safetensors").read_bytes()
     assert not (split / "resume.pt").exists() and not (split / "resume.json").exists()
-    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 3
+    assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 3
 
 
 def test_resume_every_writes_a_checkpoint_at_each_multiple(tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_a_crash_resumes_from_the_last_resume_every_checkpoint(tmp_path, monkeyp
         main(["train", *TINY, "--resume-every", "2", "--out", str(out)])
     assert ResumeCheckpoint.from_bytes((out / "resume.pt").read_bytes()).iteration == 4
     monkeypatch.undo()
-    assert main(["train", "--resume", str(out)]) == 0
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # the options come from the run
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
