@@ -54,7 +54,8 @@ USER l2o
 VOLUME ["/data"]
 EXPOSE 8000
 
+# The API answers /healthz; a worker (no HTTP) is judged by the heartbeat it writes (`l2o health --help`).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["l2o", "health"]
 
 CMD ["l2o", "serve", "--host", "0.0.0.0", "--port", "8000"]

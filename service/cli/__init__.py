@@ -13,7 +13,7 @@ import service
 from service.cli.errors import EXPECTED, ExitCode, report
 
 # Modules under service.cli, each adding one subcommand (or group) to the parser.
-COMMANDS = ["train", "eval", "demo", "serve", "db", "keys", "optimizers", "sessions", "jobs", "worker"]
+COMMANDS = ["train", "eval", "demo", "serve", "db", "keys", "optimizers", "sessions", "jobs", "worker", "health"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

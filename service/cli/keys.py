@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revoke = sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("id", type=int, help="the key's id, as `l2o keys list` shows it")
     revoke.set_defaults(func=revoke_key)
+    boot = sub.add_parser("bootstrap", help="when the database holds no live key, create an admin key and write "
+                                            "it to <data dir>/admin.key (L2O_DATA_DIR); else do nothing")
+    boot.set_defaults(func=bootstrap_key)
 
 
 def _run(action):
@@ -78,4 +81,22 @@ def revoke_key(args: argparse.Namespace) -> int:
 
     row = _run(lambda s: keys.revoke_key(s, args.id))
     print(f"revoked key {row.id} ({row.name})")
+    return 0
+
+
+def bootstrap_key(args: argparse.Namespace) -> int:
+    """What the embedded server does on first start, for a configured database (compose's one-shot
+    `admin-key` service): the first admin key, written to a file only its owner can read."""
+    from service.config import Settings
+    from service.registry import bootstrap, migrate
+    from service.registry.db import Database
+
+    settings = Settings()
+    migrate.ensure_schema(settings.db_url, embedded=settings.embedded)
+    db = Database(settings.db_url)
+    try:
+        written = bootstrap.ensure_admin_key(db, settings.admin_key_path)
+    finally:
+        db.dispose()
+    print(f"wrote an admin key to {written}" if written else "the database already holds a live key: none written")
     return 0

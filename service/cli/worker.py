@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.cli.health import worker_heartbeat
     from service.config import Settings
     from service.jobs.worker import run_worker
 
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --concurrency must be at least 1", file=sys.stderr)
         return 2
     try:
-        run_worker(settings, concurrency=args.concurrency, burst=args.burst)
+        with worker_heartbeat(settings):
+            run_worker(settings, concurrency=args.concurrency, burst=args.burst)
     except (L2OError, RuntimeError, ValueError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1

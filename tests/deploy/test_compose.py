@@ -1,7 +1,8 @@
 """The deployment files, checked without a Docker engine: docker-compose.yml against the Compose
 Specification's JSON schema (the copy check-jsonschema vendors, so no download at test time), every
-setting it gives our services against Settings, every command against the `l2o` parser, and the Dockerfile's
-promises (one image, a CUDA base by build argument, torch pinned and installed first)."""
+setting it gives our services against Settings, every command against the `l2o` parser, the load
+balancer's config against the API service it fronts, and the Dockerfile's promises (one image, a CUDA base
+by build argument, torch pinned and installed first, a health check for either role)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from service.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+README = (ROOT / "README.md").read_text()
 OUR_IMAGE = "l2o:latest"
 
 
@@ -63,7 +66,7 @@ def test_the_schema_check_catches_a_broken_file(compose):
 
 
 def test_every_variable_set_for_our_services_is_a_real_setting_with_a_valid_value(ours, monkeypatch):
-    assert set(ours) == {"migrate", "api", "worker"}
+    assert set(ours) == {"migrate", "admin-key", "api", "worker"}
     fields = {f"L2O_{name.upper()}" for name in Settings.model_fields}
     for name, service in ours.items():
         env = environment(service)
@@ -84,6 +87,7 @@ def test_every_command_is_an_l2o_command_and_migrations_run_first(ours, compose)
     parser = build_parser()
     commands = {name: svc["command"] for name, svc in ours.items()}
     assert commands["migrate"][:3] == ["l2o", "db", "upgrade"]
+    assert commands["admin-key"] == ["l2o", "keys", "bootstrap"]
     assert commands["api"][:2] == ["l2o", "serve"] and commands["worker"][:2] == ["l2o", "worker"]
     for name, command in commands.items():
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown command or option
@@ -103,8 +107,48 @@ def test_health_checks_use_routes_the_app_serves(compose):
         assert compose["services"][name]["healthcheck"]["test"], name
     probe = " ".join(compose["services"]["api"]["healthcheck"]["test"])
     assert re.search(r"127\.0\.0\.1:8000(/\w+)", probe).group(1) in paths
-    docker_probe = re.search(r"HEALTHCHECK .*?127\.0\.0\.1:8000(/\w+)", DOCKERFILE.read_text(), re.S).group(1)
-    assert docker_probe in paths
+    # The image's check and the worker's are `l2o health`, which asks a worker for its own heartbeat.
+    docker_probe = json.loads(re.search(r"HEALTHCHECK .*?CMD (\[.*?\])", DOCKERFILE.read_text(), re.S).group(1))
+    worker_probe = compose["services"]["worker"]["healthcheck"]["test"]
+    assert worker_probe[0] == "CMD" and "/healthz" not in " ".join(worker_probe)
+    for probe in (docker_probe, worker_probe[1:]):
+        assert probe[0] == "l2o" and build_parser().parse_args(probe[1:]).command == "health", probe
+    assert build_parser().parse_args(worker_probe[2:]).role == "worker"
+
+
+def test_the_load_balancer_fronts_every_api_replica_by_service_name_and_port(compose):
+    services = compose["services"]
+    lb, api = services["lb"], services["api"]
+    assert re.fullmatch(r"nginx:[\w.-]+", lb["image"]), "the official nginx image"
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in lb["volumes"]}
+    assert mounts["./deploy/nginx.conf"] == "/etc/nginx/conf.d/default.conf"
+    assert "ports" not in api, "a fixed host port on the API would stop `--scale api=N`"
+    listen = int(api["command"][api["command"].index("--port") + 1])
+    assert [str(p) for p in api["expose"]] == [str(listen)]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    published = [p for p in lb["ports"] if str(p).endswith(":80")]
+    assert published, lb["ports"]
+
+    conf = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    upstream = re.search(r"upstream\s+(\w+)\s*\{(.*?)\}", conf, re.S)
+    assert upstream, "no upstream block"
+    assert re.search(rf"server\s+api:{listen}\s+resolve;", upstream.group(2)), "the upstream must name api:PORT"
+    assert "zone " in upstream.group(2)  # `resolve` needs a shared zone
+    assert re.search(r"resolver\s+127\.0\.0\.11", conf), "Docker's DNS, so new replicas are found"
+    assert f"proxy_pass http://{upstream.group(1)};" in conf
+    assert re.search(r"listen\s+80;", conf)
+
+
+def test_the_readme_says_how_to_scale_and_read_the_admin_key(compose):
+    from service.config import Settings
+
+    assert "docker compose up --scale api=3 --scale worker=2" in README
+    reader = "docker compose run --rm --no-deps admin-key cat /data/admin.key"
+    assert reader in README and reader in COMPOSE.read_text()
+    admin = compose["services"]["admin-key"]
+    assert "l2o-data:/data" in admin["volumes"] and "l2o-data" in compose["volumes"]
+    assert "ENV" in DOCKERFILE.read_text() and "L2O_DATA_DIR=/data" in DOCKERFILE.read_text()
+    assert Settings(data_dir="/data").admin_key_path.as_posix() == "/data/admin.key"
 
 
 def test_the_gpu_reservation_sits_commented_in_the_worker():
