@@ -152,3 +152,19 @@ def test_usage_errors_exit_2(capsys):
     assert exit_.value.code == 2
     assert main(["train", "--family", "quadratic"]) == 2  # no --out
     assert "needs --out" in capsys.readouterr().err
+
+
+def test_keys_list_json_and_bootstrap_writes_the_first_key_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("L2O_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path / "data"))
+    assert main(["db", "upgrade"]) == 0
+    assert main(["keys", "bootstrap"]) == 0
+    key_file = tmp_path / "data" / "admin.key"
+    key = key_file.read_text().strip()
+    assert key.startswith("l2o_") and key_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert main(["keys", "bootstrap"]) == 0  # a live key exists: nothing written
+    assert key_file.read_text().strip() == key and "none written" in capsys.readouterr().out
+    assert main(["keys", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["prefix"] == key[:12] and listed["scopes"] == ["optimize", "train", "admin"]
+    assert listed["revoked_at"] is None
