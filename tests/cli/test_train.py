@@ -31,23 +31,26 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     monkeypatch.setattr(train_cli, "meta_train", meta_train)
 
 
-def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("architecture", ["lstm", "feature_mlp"])
+def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys,
+                                                                           architecture):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(["train", *TINY, "--out", str(whole)]) == 0
+    tiny = [*TINY, "--architecture", architecture]
+    assert main(["train", *tiny, "--out", str(whole)]) == 0
 
     interrupt_at(monkeypatch, 5)
-    assert main(["train", *TINY, "--out", str(split)]) == 130  # resume-every 10: only Ctrl-C writes one
+    assert main(["train", *tiny, "--out", str(split)]) == 130  # resume-every 10: only Ctrl-C writes one
     err = capsys.readouterr().err
     assert "interrupted after iteration 4 of 6" in err and f"l2o train --out {split} --resume" in err
     assert "Traceback" not in err and not (split / "weights.safetensors").exists()
     assert ResumeCheckpoint.from_bytes((split / "resume.pt").read_bytes()).iteration == 4
 
     monkeypatch.undo()
-    assert main(["train", *TINY, "--out", str(split)]) == 2  # a new run would overwrite the interrupted one
+    assert main(["train", *tiny, "--out", str(split)]) == 2  # a new run would overwrite the interrupted one
     assert f"l2o train --out {split} --resume" in capsys.readouterr().err
     assert main(["train", "--out", str(split), "--resume", "--iterations", "9"]) == 2  # a resumed run keeps its options
     assert "started with --iterations 6" in capsys.readouterr().err
-    assert main(["train", *TINY, "--out", str(split), "--resume"]) == 0  # the same options again are fine
+    assert main(["train", *tiny, "--out", str(split), "--resume"]) == 0  # the same options again are fine
     assert (split / "weights.safetensors").read_bytes() == (whole / "weights.safetensors").read_bytes()
     assert not (split / "resume.pt").exists() and not (split / "resume.json").exists()
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 3
