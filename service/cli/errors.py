@@ -5,7 +5,7 @@
     2    usage: a bad option or argument (argparse's own status)
     3    not found: no such optimizer, version, alias, session, job, file or folder
     4    authentication: no API key, a wrong or revoked one, or one without the needed scope
-    5    the server cannot be reached (or its answer was lost)
+    5    the server, or for the database commands the database, cannot be reached
     130  interrupted (Ctrl-C)
 """
 
@@ -16,6 +16,7 @@ from enum import IntEnum
 
 import client
 from service import errors as domain
+from service.registry.db import UNREACHABLE as DATABASE_UNREACHABLE
 
 
 class ExitCode(IntEnum):
@@ -39,7 +40,7 @@ class CliError(Exception):
 def exit_code(exc: BaseException) -> ExitCode:
     if isinstance(exc, CliError):
         return exc.code
-    if isinstance(exc, client.APIConnectionError):
+    if isinstance(exc, (client.APIConnectionError, *DATABASE_UNREACHABLE)):
         return ExitCode.UNREACHABLE
     if isinstance(exc, client.AuthenticationError | client.PermissionDeniedError):
         return ExitCode.AUTH
@@ -55,6 +56,9 @@ def exit_code(exc: BaseException) -> ExitCode:
 def message(exc: BaseException) -> str:
     if isinstance(exc, client.APIConnectionError):
         return f"cannot reach the l2o server: {exc.message}"
+    if isinstance(exc, DATABASE_UNREACHABLE):
+        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        return f"cannot reach the database: {cause}"
     if isinstance(exc, client.APIStatusError):
         return f"{exc.message} (HTTP {exc.status_code})"
     if isinstance(exc, domain.L2OError):
@@ -65,8 +69,10 @@ def message(exc: BaseException) -> str:
 
 
 # What a command may fail with and still deserve one line rather than a traceback: the SDK's errors, ours,
-# the service's domain errors (a bad family parameter, a checkpoint that does not load), files.
-EXPECTED: tuple[type[BaseException], ...] = (client.L2OError, domain.L2OError, CliError, ValueError, OSError)
+# the service's domain errors (a bad family parameter, a checkpoint that does not load), files, a database
+# that does not answer.
+EXPECTED: tuple[type[BaseException], ...] = (client.L2OError, domain.L2OError, CliError, ValueError, OSError,
+                                            *DATABASE_UNREACHABLE)
 
 
 def report(exc: BaseException) -> int:

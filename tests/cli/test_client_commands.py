@@ -168,3 +168,11 @@ def test_keys_list_json_and_bootstrap_writes_the_first_key_once(tmp_path, monkey
     [listed] = json.loads(capsys.readouterr().out)
     assert listed["prefix"] == key[:12] and listed["scopes"] == ["optimize", "train", "admin"]
     assert listed["revoked_at"] is None
+
+
+def test_database_commands_without_a_database_exit_5_with_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("L2O_DATABASE_URL", "postgresql+psycopg://l2o:l2o@127.0.0.1:9/l2o")  # nothing listens
+    for argv in (["db", "upgrade"], ["keys", "list"], ["keys", "bootstrap"]):
+        assert main(argv) == 5, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot reach the database: ") and err.count("\n") == 1, err
