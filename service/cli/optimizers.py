@@ -91,8 +91,8 @@ def show_optimizer(args: argparse.Namespace, client: Client) -> int:
     rows = [("reference", version.reference), ("sha256", version.sha256), ("bytes", version.size),
             ("source", version.source), ("job", version.job_id), ("aliases", ",".join(version.aliases) or None),
             ("created", version.created_at),
-            ("architecture", ", ".join(f"{k} {config[k]}" for k in ("architecture", "hidden_size", "num_layers",
-                                                                     "preprocess") if k in config) or None),
+            ("network", ", ".join([config.get("architecture", "lstm")] + [f"{k} {config[k]}" for k in (
+                "hidden_size", "num_layers", "preprocess") if k in config])),
             ("trained on", trained_on.get("family")),
             ("evaluation", "attached (--json shows it)" if version.evaluation else None)]
     print_table(["FIELD", "VALUE"], rows)
