@@ -40,12 +40,14 @@ RUN apt-get update \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
 COPY client ./client
 COPY migrations ./migrations
-# Editable, so that `l2o db upgrade` finds migrations/ beside the package.
-RUN pip install -e . \
+# The service's extra; the package carries its migrations and pretrained checkpoints, so the source
+# copied here is only what the wheel is built from.
+RUN pip install ".[server]" \
+    && rm -rf /app/* \
     && useradd --create-home --uid 1000 l2o \
     && mkdir -p /data \
     && chown l2o:l2o /data

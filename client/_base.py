@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import platformdirs
 
 import client
 from client import _constants as c
@@ -32,7 +33,6 @@ from client._exceptions import (
     SessionNotFoundError,
     error_class,
 )
-from client._http11 import request_head
 
 log = logging.getLogger("l2o.client")
 
@@ -54,21 +54,32 @@ class RequestOptions:
     timeout: httpx.Timeout | None = None
     stream: bool = False
     session_id: str | None = None  # the session the call is about, to tell a lost session from a wrong id
-    # Sent without an httpx.Request where the client's own HTTP/1.1 transport can (Client.send): a binary
-    # step, whose few headers are known, and whose overhead users feel on every training step.
-    lean: bool = False
 
     @property
     def safe_to_repeat(self) -> bool:
         return self.idempotent if self.idempotent is not None else self.method.upper() in IDEMPOTENT_METHODS
 
 
+def default_data_dir() -> Path:
+    """The per-user data directory ($XDG_DATA_HOME/l2o, else ~/.local/share/l2o on Linux), which is also the
+    embedded server's default (service/config.py)."""
+    return Path(platformdirs.user_data_dir("l2o", appauthor=False))
+
+
 def data_dir() -> Path:
-    """The embedded server's data directory, found as service/config.py finds it."""
+    """The embedded server's data directory: L2O_DATA_DIR, else the default."""
     if os.environ.get("L2O_DATA_DIR"):
         return Path(os.environ["L2O_DATA_DIR"]).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "l2o"
+    return default_data_dir()
+
+
+def limits(max_connections: int) -> httpx.Limits:
+    """The connection pool: every connection kept alive between calls (a training loop steps on one),
+    at most `max_connections` open to the server at once."""
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be a whole number of at least 1, got {max_connections!r}")
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                        keepalive_expiry=c.KEEPALIVE_EXPIRY)
 
 
 def find_api_key(base_url: str | None = None) -> str | None:
@@ -123,8 +134,6 @@ class BaseClient:
                         **(headers or {})}
         # Sessions this client opened and has not deleted: a 404 on one of them means the server lost it.
         self._own_sessions: set[str] = set()
-        url = httpx.URL(self.base_url)
-        self._target = (url.host, url.port or 80, url.raw_path.rstrip(b"/"), url.netloc)   # for lean_request
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -139,16 +148,6 @@ class BaseClient:
                 "timeout": options.timeout or self.timeout}
 
     # --- retries ------------------------------------------------------------------------------------------------
-
-    def lean_request(self, options: RequestOptions) -> tuple[str, int, bytes, bytes]:
-        """A lean request written out: (host, port, head, body), the bytes httpx would send for it."""
-        host, port, prefix, netloc = self._target
-        body = options.content or b""
-        headers = {**self.headers, **(options.headers or {})}
-        head = request_head(options.method.encode(), prefix + options.path.encode(), [
-            (b"Host", netloc), *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-            (b"Content-Length", b"%d" % len(body))])
-        return host, port, head, body
 
     def should_retry(self, options: RequestOptions, attempt: int, *, response: httpx.Response | None = None,
                      error: Exception | None = None) -> bool:
@@ -249,4 +248,5 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-__all__ = ["APIError", "BaseClient", "RequestOptions", "data_dir", "find_api_key", "is_local", "retry_after"]
+__all__ = ["APIError", "BaseClient", "RequestOptions", "data_dir", "default_data_dir", "find_api_key", "is_local",
+           "limits", "retry_after"]

@@ -29,6 +29,11 @@ def stream_timeout(read: float | None) -> httpx.Timeout:
     """STREAM_TIMEOUT with a limit on the wait for each line (None: no limit)."""
     return httpx.Timeout(60.0, connect=STREAM_TIMEOUT.connect, read=read)
 
+# As httpx's default: a burst of threads on one client waits for a connection instead of opening one each.
+DEFAULT_MAX_CONNECTIONS = 100
+# Under uvicorn's 5 s keep-alive, so that the client drops an idle connection before the server does.
+KEEPALIVE_EXPIRY = 4.0
+
 DEFAULT_MAX_RETRIES = 3
 INITIAL_RETRY_DELAY = 0.25   # seconds; doubled on each further attempt
 MAX_RETRY_DELAY = 8.0

@@ -169,10 +169,10 @@ class SessionState:
             raise _safetensors.SafetensorsError(
                 f"not a session state (format {meta.get('format')!r}, tensors {sorted(arrays)})")
         shapes = {name: tuple(shape) for name, shape in json.loads(meta["shapes"])}
-        dtype = STATE_DTYPE_OF.get(_safetensors.dtype_codes(data)["hc"])
+        code = _safetensors.read(data).codes["hc"]
+        dtype = STATE_DTYPE_OF.get(code)
         if dtype is None:
-            raise _safetensors.SafetensorsError(f"a session state's hc must be F32, BF16 or F16, got "
-                                                f"{_safetensors.dtype_codes(data)['hc']}")
+            raise _safetensors.SafetensorsError(f"a session state's hc must be F32, BF16 or F16, got {code}")
         return cls(meta["optimizer"], int(meta["version"]), meta["digest"], int(meta["step"]), shapes,
                    arrays["hc"].astype(np.float32), dtype)
 

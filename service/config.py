@@ -48,23 +48,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from client._base import default_data_dir  # one definition: the SDK finds the embedded server's key there
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 ADMIN_KEY_FILE = "admin.key"
 DATABASE_FILE = "l2o.db"
-
-
-def default_data_dir() -> Path:
-    """The per-user data directory, following the XDG base-directory convention."""
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "l2o"
 
 
 class Settings(BaseSettings):

@@ -10,12 +10,12 @@ publishes it as the next version of a registry name.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
 
 from client import _constants as c
 from client._base import RequestOptions
@@ -43,37 +43,15 @@ def _curve(job_id: str) -> RequestOptions:
 
 
 def _events(job_id: str, timeout: float | None) -> RequestOptions:
-    return RequestOptions("GET", f"{BASE}/{segment(job_id)}/events", stream=True, timeout=c.stream_timeout(timeout))
+    return RequestOptions("GET", f"{BASE}/{segment(job_id)}/events", stream=True, timeout=c.stream_timeout(timeout),
+                          headers={"Accept": "text/event-stream"})
 
 
-class SSEParser:
-    """Server-sent events from lines: (event, JSON data) at each blank line; comments (keep-alives) skipped."""
-
-    def __init__(self) -> None:
-        self.event, self.data = "message", []
-
-    def feed(self, line: str) -> tuple[str, Any] | None:
-        if not line:
-            done = (self.event, json.loads("\n".join(self.data))) if self.data else None
-            self.event, self.data = "message", []
-            return done
-        if line.startswith(":"):
-            return None
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "event":
-            self.event = value
-        elif field == "data":
-            self.data.append(value)
-        return None
-
-
-def _event(item: tuple[str, Any]) -> JobEvent:
-    name, data = item
+def _event(sse: ServerSentEvent) -> JobEvent:
     try:
-        return JobEvent(name, Job.from_json(data))
-    except (KeyError, TypeError) as exc:
-        raise APIResponseError(f"unreadable job event {name!r}: {exc}") from exc
+        return JobEvent(sse.event, Job.from_json(sse.json()))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise APIResponseError(f"unreadable job event {sse.event!r}: {exc}") from exc
 
 
 class _Waiter:
@@ -105,14 +83,6 @@ class _Waiter:
             self.bar.close()
 
 
-def _lines_to_events(lines: Iterable[str]) -> Iterator[JobEvent]:
-    parser = SSEParser()
-    for line in lines:
-        item = parser.feed(line)
-        if item is not None:
-            yield _event(item)
-
-
 class Jobs(SyncResource):
     def submit(self, spec: Mapping[str, Any] | None = None, **fields: Any) -> Job:
         """Queue a job. Everything but `name` has a default (the paper's setup); fields override `spec`."""
@@ -139,7 +109,9 @@ class Jobs(SyncResource):
         for the next line (the server sends a keep-alive every 15 s)."""
         response = self._client.send(_events(job_id, timeout))
         try:
-            yield from _lines_to_events(response.iter_lines())
+            yield from map(_event, EventSource(response).iter_sse())
+        except SSEError as exc:
+            raise APIResponseError(f"the job event stream could not be read: {exc}", request=response.request) from exc
         except httpx.TransportError as exc:
             raise self._client.connection_error(exc, response.request) from exc
         finally:
@@ -185,12 +157,11 @@ class AsyncJobs(AsyncResource):
 
     async def events(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[JobEvent]:
         response = await self._client.send(_events(job_id, timeout))
-        parser = SSEParser()
         try:
-            async for line in response.aiter_lines():
-                item = parser.feed(line)
-                if item is not None:
-                    yield _event(item)
+            async for sse in EventSource(response).aiter_sse():
+                yield _event(sse)
+        except SSEError as exc:
+            raise APIResponseError(f"the job event stream could not be read: {exc}", request=response.request) from exc
         except httpx.TransportError as exc:
             raise self._client.connection_error(exc, response.request) from exc
         finally:

@@ -64,7 +64,7 @@ def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName) 
         raise ValueError(f"wire must be 'safetensors' or 'json', got {wire!r}")
     body = _safetensors.dumps({name: as_array(g) for name, g in grads.items()}, {"step": str(step)})
     return RequestOptions("POST", path, content=body, headers={"Content-Type": c.SAFETENSORS_TYPE},
-                          idempotent=True, session_id=session_id, lean=True)
+                          idempotent=True, session_id=session_id)
 
 
 def _step_result(response: httpx.Response) -> StepResult:

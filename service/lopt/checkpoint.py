@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 
+from client import _safetensors as st
 from service.lopt.config import ConfigError, OptimizerConfig
 from service.lopt.network import weight_shapes
 from service.lopt.tensors import all_finite
@@ -115,54 +117,30 @@ ST_DTYPE_OF: dict[torch.dtype, str] = {
 }
 
 
-def serialize_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """Safetensors bytes that depend only on the input, so equal content gives an equal digest.
-
-    The safetensors library writes its metadata in hash-map order, which differs between calls; here the
-    header's keys are sorted and the data is laid out by alignment, then name, copied once into place.
-    """
-    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in tensors.items()}
-    order = sorted(flat, key=lambda n: (-flat[n].element_size(), n))
-    offset = 0
-    for name in order:
-        t = flat[name]
+def torch_entries(tensors: Mapping[str, torch.Tensor]) -> dict[str, st.Entry]:
+    """Tensors as the shared codec writes them: dtype code, shape, and their bytes (a view where the tensor
+    is already contiguous on the CPU)."""
+    entries = {}
+    for name, t in tensors.items():
         if t.dtype not in ST_DTYPE_OF:
             raise ValueError(f"cannot write tensor {name!r} of dtype {t.dtype} as safetensors")
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": ST_DTYPE_OF[t.dtype], "shape": list(tensors[name].shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    head += b" " * (-len(head) % 8)  # the format pads the header to 8-byte alignment with spaces
-    out = bytearray(8 + len(head) + offset)
-    out[:8] = len(head).to_bytes(8, "little")
-    out[8:8 + len(head)] = head
-    start = 8 + len(head)
-    for name in order:
-        data = flat[name].view(torch.uint8).numpy()
-        out[start:start + data.nbytes] = data.data
-        start += data.nbytes
-    return bytes(out)
+        flat = t.detach().contiguous().cpu().reshape(-1)
+        entries[name] = (ST_DTYPE_OF[t.dtype], tuple(t.shape), flat.view(torch.uint8).numpy())
+    return entries
+
+
+def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """Safetensors bytes that depend only on the input, so equal content gives an equal digest: the header's
+    keys sorted, the data laid out by alignment, then name."""
+    return st.write(torch_entries(tensors), metadata, aligned=True)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
-    """The safetensors header's metadata, read without trusting the header's sizes."""
-    if len(data) < 8:
-        raise CheckpointError("not a valid safetensors file: shorter than its 8-byte header length")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise CheckpointError(f"not a valid safetensors file: header length {n} exceeds the body")
+    """The safetensors header's metadata, once the header is checked against the body."""
     try:
-        header = json.loads(data[8:8 + n])
-    except (ValueError, RecursionError) as exc:  # a hostile header can nest deeper than the parser recurses
-        raise CheckpointError(f"not a valid safetensors file: header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError("not a valid safetensors file: header is not a JSON object")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise CheckpointError("not a valid safetensors file: __metadata__ is not an object")
-    return meta
+        return st.read(data).meta
+    except st.SafetensorsError as exc:
+        raise CheckpointError(f"not a valid safetensors file: {exc}") from exc
 
 
 def check_weights(config: OptimizerConfig, weights: dict[str, torch.Tensor]) -> None:

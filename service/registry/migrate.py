@@ -20,7 +20,15 @@ from sqlalchemy import Engine, inspect
 from service.errors import DatabaseNotReady
 from service.registry.db import make_engine
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def migrations_dir() -> Path:
+    """migrations/ at the root of a source checkout, or service/migrations in an installed wheel."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "migrations"
+    return installed if (installed / "env.py").is_file() else package.parent / "migrations"
+
+
+MIGRATIONS_DIR = migrations_dir()
 UPGRADE_HINT = "run `l2o db upgrade`"
 log = logging.getLogger(__name__)
 # Tables a migration creates from another library's SQL, with no model: autogenerate must leave them be.

@@ -9,8 +9,9 @@ The response's `step` is the session's count after the step: the number to send 
 requests may say `application/vnd.l2o.safetensors` (the documented type, used for every safetensors
 response) or `application/octet-stream`.
 
-Safetensors bodies come from the network, so their header is checked here before any tensor is built
-from it; the tensors are then views of the body itself (no copy) when the body is a writable buffer.
+Safetensors bodies come from the network: the shared codec (client/_safetensors.py) checks their header
+before any tensor is built from it; the tensors are then views of the body itself (no copy) when the body
+is a writable buffer.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ from typing import Any
 
 import torch
 
+from client import _safetensors as st
 from service.errors import InvalidGradients, MalformedBody, UnsupportedMediaType, ValidationError
-from service.lopt.checkpoint import ST_DTYPE_OF, serialize_safetensors
+from service.lopt.checkpoint import serialize_safetensors, torch_entries
 
 JSON_TYPE = "application/json"
 SAFETENSORS_TYPE = "application/vnd.l2o.safetensors"
 OCTET_TYPE = "application/octet-stream"
 
-# A header is a few hundred bytes per tensor; 8 MiB is ~80k tensors, far beyond any model, and keeps a
-# hostile length field from making us parse megabytes of JSON.
-MAX_HEADER_BYTES = 8 * 1024 * 1024
-MAX_DIMS = 16
+MAX_HEADER_BYTES = st.MAX_HEADER_BYTES
+MAX_DIMS = st.MAX_DIMS
 # A step count is a signed 64-bit integer wherever it is stored (Redis, safetensors metadata, the SDK):
 # a larger number names no step, and is refused before anything compares or converts it.
 MAX_STEP = 2**63 - 1
@@ -43,12 +43,11 @@ MAX_STEP = 2**63 - 1
 # more than 4,300 digits at all, with a ValueError that no caller expects).
 MAX_INT_DIGITS = len(str(MAX_STEP))
 MAX_JSON_INT_CHARS = 4000
-METADATA_KEY = "__metadata__"   # the one header key that is not a tensor
+METADATA_KEY = st.METADATA_KEY
 
 FLOAT_DTYPES: dict[str, torch.dtype] = {
     "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
 }
-OTHER_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E4M3", "F8_E5M2"}
 # One deterministic writer serves checkpoints, steps and session states.
 write_safetensors = serialize_safetensors
 
@@ -114,17 +113,7 @@ def encode(message: StepMessage, fmt: WireFormat, *, field: str = "updates") -> 
         doc = {"step": message.step, field: {k: v.tolist() for k, v in message.tensors.items()}}
         # float32 values print as the shortest float64 repr, which reads back to the same float32.
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    flat = {name: t.detach().contiguous().cpu().reshape(-1) for name, t in message.tensors.items()}
-    head = _message_header({name: (t.dtype, tuple(message.tensors[name].shape)) for name, t in flat.items()},
-                           message.step)
-    out = bytearray(len(head) + sum(t.numel() * t.element_size() for t in flat.values()))
-    out[:len(head)] = head
-    start = len(head)
-    for t in flat.values():
-        data = t.view(torch.uint8).numpy()
-        out[start:start + data.nbytes] = data.data
-        start += data.nbytes
-    return bytes(out)
+    return st.write(torch_entries(message.tensors), {"step": str(message.step)})
 
 
 class SafetensorsAnswer:
@@ -158,25 +147,9 @@ def _answer_template(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> tuple[b
 
     The split point is unambiguous: a parameter name's quotes are escaped in JSON, so the unescaped
     metadata field appears once."""
-    head = _message_header({name: (torch.float32, shape) for name, shape in shapes}, 0, padded=False)[8:]
+    head = st.header({name: ("F32", shape) for name, shape in shapes}, {"step": "0"})[8:].rstrip(b" ")
     zero = head.index(_STEP_FIELD) + len(_STEP_FIELD) - 3
     return head[:zero], head[zero + 1:], sum(math.prod(shape) for _, shape in shapes)
-
-
-def _message_header(specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], step: int, *,
-                    padded: bool = True) -> bytes:
-    """The 8-byte length and the JSON header of a step message, its tensors laid out in `specs`' order;
-    padded with spaces so that the data starts 8-byte aligned."""
-    header: dict[str, Any] = {METADATA_KEY: {"step": str(step)}}
-    offset = 0
-    for name, (dtype, shape) in specs.items():
-        size = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": ST_DTYPE_OF[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    if padded:
-        head += b" " * (-len(head) % 8)
-    return len(head).to_bytes(8, "little") + head
 
 
 # --- JSON -----------------------------------------------------------------------------------------------
@@ -285,12 +258,8 @@ def _step_too_large(where: str) -> ValidationError:
 
 def read_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
                      dtypes: dict[str, torch.dtype] = FLOAT_DTYPES) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Check a safetensors body's header against the body, then view its tensors in place.
-
-    Refuses, naming the problem: a header length beyond the body or over `max_header`, a header that is
-    not a JSON object, duplicate names, a dtype outside `dtypes`, a shape whose size does not match its
-    byte range, offsets out of range, overlapping, or leaving holes (the format forbids holes).
-    """
+    """Check a safetensors body's header against the body (st.read says what is refused), then view its
+    tensors in place."""
     layout = _parse_safetensors(body, max_header=max_header, dtypes=dtypes)
     return layout.meta, layout.tensors()
 
@@ -350,65 +319,14 @@ class _BodyTensors(Mapping[str, torch.Tensor]):
 
 def _parse_safetensors(body: Body, *, max_header: int = MAX_HEADER_BYTES,
                        dtypes: dict[str, torch.dtype] = FLOAT_DTYPES) -> _Layout:
-    view = memoryview(body).cast("B")
-    if len(view) < 8:
-        raise MalformedBody(f"safetensors body is {len(view)} bytes, shorter than its 8-byte header length")
-    n = int.from_bytes(view[:8], "little")
-    if n > max_header:
-        raise MalformedBody(f"safetensors header claims {n} bytes, over the {max_header}-byte cap")
-    if 8 + n > len(view):
-        raise MalformedBody(f"safetensors header claims {n} bytes but the body has only {len(view) - 8} "
-                            "after the length field (truncated body?)")
     try:
-        header = json.loads(bytes(view[8:8 + n]), object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedBody(f"safetensors header is not valid JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise MalformedBody("safetensors header is not a JSON object")
-    meta = header.pop(METADATA_KEY, None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise MalformedBody("safetensors __metadata__ must map names to strings")
-
-    data_start, data_len = 8 + n, len(view) - 8 - n
-    entries = sorted(((name, *_entry(name, spec, data_len, dtypes)) for name, spec in header.items()),
-                     key=lambda e: (e[3], e[4]))
-    cursor, prev = 0, None
-    for name, _dtype, _shape, begin, end in entries:
-        if begin < cursor:
-            raise MalformedBody(f"safetensors tensor {name!r} overlaps tensor {prev!r}")
-        if begin > cursor:
-            raise MalformedBody(f"safetensors data has a hole of {begin - cursor} bytes before tensor {name!r}")
-        cursor, prev = end, name
-    if cursor != data_len:
-        raise MalformedBody(f"safetensors body has {data_len - cursor} bytes after its last tensor")
-    return _Layout(view, meta, entries, data_start)
-
-
-def _entry(name: str, spec: Any, data_len: int,
-           dtypes: dict[str, torch.dtype]) -> tuple[torch.dtype, tuple[int, ...], int, int]:
-    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
-        raise MalformedBody(f"safetensors entry {name!r} must have exactly dtype, shape and data_offsets")
-    code, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if code not in dtypes:
-        kind = ("the dtype" if code in FLOAT_DTYPES else "a non-float dtype" if code in OTHER_DTYPES
-                else "an unknown dtype")
-        raise InvalidGradients(f"tensor {name!r} has {kind} {code!r}; accepted: {', '.join(dtypes)}",
-                               detail={"name": name, "dtype": code})
-    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise MalformedBody(f"safetensors entry {name!r} has an invalid shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
-        raise MalformedBody(f"safetensors entry {name!r} has invalid data_offsets {offsets!r}")
-    begin, end = offsets
-    if end > data_len:
-        raise MalformedBody(f"safetensors tensor {name!r} ends at byte {end}, past the {data_len}-byte data")
-    dtype = dtypes[code]
-    expected = math.prod(shape) * dtype.itemsize
-    if end - begin != expected:
-        raise MalformedBody(f"safetensors tensor {name!r} of shape {shape} and dtype {code} needs "
-                            f"{expected} bytes, its offsets span {end - begin}")
-    return dtype, tuple(shape), begin, end
+        layout = st.read(body, max_header=max_header, accept=dtypes)
+    except st.DtypeRefused as exc:
+        raise InvalidGradients(str(exc), detail={"name": exc.name, "dtype": exc.code}) from exc
+    except st.SafetensorsError as exc:
+        raise MalformedBody(str(exc)) from exc
+    entries = [(name, dtypes[code], shape, begin, end) for name, code, shape, begin, end in layout.entries]
+    return _Layout(layout.view, layout.meta, entries, layout.data_start)
 
 
 def _tensor(view: memoryview, base: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...],
@@ -422,11 +340,3 @@ def _tensor(view: memoryview, base: torch.Tensor | None, dtype: torch.dtype, sha
     # A read-only or misaligned buffer: one copy into memory torch may own.
     return torch.frombuffer(bytearray(view[start:stop]), dtype=dtype).view(shape)
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate name {key!r}")
-        out[key] = value
-    return out

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -238,6 +240,24 @@ def test_jobs_cancel_and_errors(l2o: Client, make_client):
         no_train.jobs.submit(TINY_JOB, name="x")
 
 
+def test_job_events_skip_keep_alives_and_a_stream_of_another_type_is_a_response_error(tmp_path):
+    job = {"id": "j1", "name": "n", "state": "succeeded", "progress": {"iteration": 1, "total_iterations": 1}}
+    stream = (": keep-alive\n\nevent: progress\ndata: " + json.dumps(job)[:20] + "\ndata: " + json.dumps(job)[20:]
+              + "\n\n: keep-alive\n\nevent: end\ndata: " + json.dumps(job) + "\n\n").encode()
+
+    def answer(content_type: str) -> httpx.MockTransport:
+        headers = {"Content-Type": content_type}
+        return httpx.MockTransport(lambda r: httpx.Response(200, content=stream, headers=headers))
+
+    with Client(BASE_URL, "k", transport=answer("text/event-stream; charset=utf-8")) as c:
+        events = list(c.jobs.events("j1"))
+    assert [(e.event, e.job.id, e.job.state) for e in events] == [("progress", "j1", "succeeded"),
+                                                                 ("end", "j1", "succeeded")]
+    with Client(BASE_URL, "k", transport=answer("text/html")) as c, \
+            pytest.raises(client.APIResponseError, match="text/event-stream"):
+        list(c.jobs.events("j1"))
+
+
 # --- finding the server and the key ----------------------------------------------------------------------
 
 def test_url_and_key_from_the_environment_then_the_key_file(monkeypatch, tmp_path):
@@ -258,6 +278,20 @@ def test_url_and_key_from_the_environment_then_the_key_file(monkeypatch, tmp_pat
     (tmp_path / "admin.key").unlink()
     with pytest.raises(client.L2OError, match="admin.key"):
         Client()
+
+
+def test_the_data_dir_is_l2o_data_dir_else_the_xdg_data_home_the_server_uses_too(monkeypatch, tmp_path):
+    from client._base import data_dir
+    from service.config import Settings
+
+    monkeypatch.delenv("L2O_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == Settings().data_dir == tmp_path / "xdg" / "l2o"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_dir() == Settings().data_dir == tmp_path / "home" / ".local" / "share" / "l2o"
+    monkeypatch.setenv("L2O_DATA_DIR", str(tmp_path / "given"))
+    assert data_dir() == Settings().data_dir == tmp_path / "given"
 
 
 def test_an_unreachable_server_is_a_connection_error():

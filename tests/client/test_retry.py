@@ -3,7 +3,11 @@ step whose answer was lost, which must be applied once."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 import torch
 
 import client
-from client import Client, LocalOptimizer, RemoteOptimizer
+from client import AsyncClient, Client, LocalOptimizer, RemoteOptimizer
 from tests.client.conftest import BASE_URL, OPTIMIZER, LoseAnswers
 
 SESSION = {"id": "s_1", "optimizer": {"name": "t", "version": 1, "reference": "t:1", "digest": "d"},
@@ -159,3 +163,45 @@ def test_an_unknown_code_falls_back_to_its_status_and_a_proxy_page_still_raises(
     t = Scripted(lambda r: httpx.Response(404, text="<html>no</html>"))
     with pytest.raises(client.NotFoundError, match="no"):
         make(t).optimizers.list()
+
+
+class SlowList(BaseHTTPRequestHandler):
+    """Answers every GET with an empty list after 50 ms, over kept-alive HTTP/1.1, noting each connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.server.peers.add(self.client_address)
+        time.sleep(0.05)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"[]")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_connections_are_capped_at_max_connections_and_kept_alive():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowList)
+    server.peers = set()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{server.server_port}", "key", max_connections=3) as c:
+            with ThreadPoolExecutor(12) as pool:
+                assert list(pool.map(lambda _: c.optimizers.list(), range(24))) == [[]] * 24
+            c.optimizers.list()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 1 <= len(server.peers) <= 3   # 25 calls, each waiting for one of three connections kept open
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "3"])
+def test_a_bad_max_connections_is_refused_even_with_a_transport_given(bad):
+    for make_client in (Client, AsyncClient):
+        with pytest.raises(ValueError, match="max_connections"):
+            make_client(BASE_URL, "key", max_connections=bad)
+        with pytest.raises(ValueError, match="max_connections"):
+            make_client(BASE_URL, "key", max_connections=bad, transport=httpx.MockTransport(lambda r: None))

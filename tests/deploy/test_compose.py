@@ -166,10 +166,10 @@ def test_the_dockerfile_is_one_image_with_a_cuda_base_argument_and_torch_pinned_
     assert sum(line.startswith("FROM ") for line in lines) == 1
     assert "ARG TORCH_VERSION=2.13.0" in lines and "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in lines
     torch_at = next(i for i, line in enumerate(lines) if 'pip install "torch==${TORCH_VERSION}"' in line)
-    project_at = next(i for i, line in enumerate(lines) if line.startswith("RUN pip install -e ."))
+    project_at = next(i for i, line in enumerate(lines) if line.startswith('RUN pip install ".[server]"'))
     assert torch_at < project_at
     # The last CMD is the image's (the other is the HEALTHCHECK's, on its continuation line).
     cmd = json.loads([line for line in lines if line.startswith("CMD ")][-1][4:])
     assert build_parser().parse_args(cmd[1:]).command == "serve"
-    copied = {shlex.split(line)[1] for line in lines if line.startswith("COPY ")}
-    assert {"service", "client", "migrations"} <= copied  # migrations/ must sit beside the package
+    copied = {source for line in lines if line.startswith("COPY ") for source in shlex.split(line)[1:-1]}
+    assert {"service", "client", "migrations", "setup.py"} <= copied  # setup.py maps migrations/ into the wheel
