@@ -7,7 +7,8 @@
     opt = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=l2o)
     loss.backward(); opt.step(); opt.zero_grad()
 
-The client needs httpx and numpy; RemoteOptimizer and LocalOptimizer need torch, imported only when used.
+`pip install .` brings only what the SDK needs (httpx, httpx-sse, numpy, safetensors, platformdirs, torch), and
+importing it never imports the server's dependencies. RemoteOptimizer and LocalOptimizer import torch only when used.
 """
 
 from typing import TYPE_CHECKING
