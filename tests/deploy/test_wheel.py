@@ -5,6 +5,7 @@ isolated build environment and installed without dependencies, which the new ven
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def test_the_wheel_carries_migrations_checkpoints_and_no_tests(wheel):
     assert "service/pretrained/quadratic-lstm/weights.safetensors" in names
     assert "client/__init__.py" in names and "service/lopt/functional.py" in names
     assert not any(n.startswith(("tests/", "bench/", "migrations/")) for n in names)
+    # `pip install .` brings the SDK's dependencies only; the service's come with the `server` extra.
+    [metadata] = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1] for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    base = {re.split(r"[\s<>=\[;]", r.strip(), maxsplit=1)[0].lower() for r in requires if "extra ==" not in r}
+    assert base == {"torch", "numpy", "safetensors", "httpx", "httpx-sse", "platformdirs"}
+    assert any("fastapi" in r and 'extra == "server"' in r for r in requires)
 
 
 @pytest.mark.slow
