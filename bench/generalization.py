@@ -25,7 +25,7 @@ import torch
 
 from bench.heldout import PROBLEMS, Problem
 from service.lopt import Checkpoint, init, step
-from service.tasks.functional import FunctionalBatch
+from service.tasks.functional import FunctionalBatch, Tiled
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "service" / "pretrained"
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -66,15 +66,19 @@ def run(batch: FunctionalBatch, make_advance: Callable[[torch.Tensor], Advance],
     return torch.stack(out)
 
 
-def torch_optimizer(factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer]):
+def torch_optimizer(kind: str, lrs: list[float]):
+    """torch.optim's Adam or SGD with momentum 0.9, row r of θ with learning rate lrs[r % len(lrs)]: each
+    row is its own parameter in its own group, so one run covers a whole grid."""
     def make(theta0: torch.Tensor) -> Advance:
-        param = theta0.clone().requires_grad_()
-        opt = factory([param])
+        rows = [theta0[r].clone().requires_grad_() for r in range(theta0.shape[0])]
+        groups = [{"params": [p], "lr": lrs[r % len(lrs)]} for r, p in enumerate(rows)]
+        opt = torch.optim.Adam(groups) if kind == "adam" else torch.optim.SGD(groups, momentum=0.9)
 
         def advance(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-            param.grad = grad
+            for r, p in enumerate(rows):
+                p.grad = grad[r]
             opt.step()
-            return param.detach().clone()
+            return torch.stack([p.detach() for p in rows])
         return advance
     return make
 
@@ -94,22 +98,19 @@ def learned_optimizer(ckpt: Checkpoint):
     return make
 
 
-def adam(lr: float):
-    return torch_optimizer(lambda p: torch.optim.Adam(p, lr=lr))
+def grid_run(problem_batch: FunctionalBatch, kind: str, lrs: list[float],
+             points: list[int]) -> dict[float, torch.Tensor]:
+    """Losses (len(points), instances) for each learning rate, all run side by side on the same instances."""
+    losses = run(Tiled(problem_batch, len(lrs)), torch_optimizer(kind, lrs), points)
+    return {lr: losses[:, i::len(lrs)] for i, lr in enumerate(lrs)}
 
 
-def sgdm(lr: float):
-    return torch_optimizer(lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9))
-
-
-def tune(problem: Problem, make: Callable[[float], object], grid: tuple[float, ...], report: list[int],
-         tune_seeds: int) -> dict[int, float]:
+def tune(problem: Problem, kind: str, grid: tuple[float, ...], report: list[int], tune_seeds: int) -> dict[int, float]:
     """The grid's best learning rate for each reported step, by mean loss on the tuning seeds."""
-    batch = problem.batch(tune_seeds, TUNE_SEED)
-    finals = {lr: run(batch, make(lr), report).mean(dim=1) for lr in grid}
+    finals = grid_run(problem.batch(tune_seeds, TUNE_SEED), kind, list(grid), report)
     best = {}
     for i, t in enumerate(report):
-        scores = {lr: float(v[i]) for lr, v in finals.items()}
+        scores = {lr: float(v[i].mean()) for lr, v in finals.items()}
         finite = {lr: s for lr, s in scores.items() if math.isfinite(s)}
         best[t] = min(finite, key=finite.get) if finite else grid[0]
     return best
@@ -122,12 +123,14 @@ def evaluate_problem(problem: Problem, learned: dict[str, Checkpoint], report: l
     curves: dict[str, torch.Tensor] = {}
     for name, ckpt in learned.items():
         curves[name] = run(batch, learned_optimizer(ckpt), points)
-    curves["adam-1e-3"] = run(batch, adam(1e-3), points)
     tuned_lrs = {}
-    for label, make, grid in (("adam-tuned", adam, ADAM_GRID), ("sgdm-tuned", sgdm, SGD_GRID)):
-        best = tune(problem, make, grid, report, tune_seeds)
+    for label, kind, grid in (("adam-tuned", "adam", ADAM_GRID), ("sgdm-tuned", "sgd", SGD_GRID)):
+        best = tune(problem, kind, grid, report, tune_seeds)
         tuned_lrs[label] = {str(t): lr for t, lr in best.items()}
-        by_lr = {lr: run(batch, make(lr), points) for lr in sorted(set(best.values()))}
+        lrs = sorted(set(best.values()) | ({1e-3} if kind == "adam" else set()))
+        by_lr = grid_run(batch, kind, lrs, points)
+        if kind == "adam":
+            curves["adam-1e-3"] = by_lr[1e-3]
         # The tuned optimizer's loss at step t is that of the run with the learning rate tuned for t.
         curve = by_lr[best[report[-1]]].clone()
         for t in report:
@@ -212,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkpoint folder to run beside the shipped ones")
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only these problems")
     parser.add_argument("--no-shipped", action="store_true", help="leave out the shipped optimizers")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; these problems are small enough that more threads only add waiting")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     report, seeds, tune_seeds = ([30, 100], 2, 2) if args.quick else ([100, 1000, 5000], 5, 2)
     learned = {} if args.no_shipped else shipped()
     for item in args.optimizer:

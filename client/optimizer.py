@@ -362,7 +362,7 @@ class LocalSession:
                              f"(sha256 {state.digest[:12]}...), not by this optimizer's {self.checkpoint.reference} "
                              f"(sha256 {self.checkpoint.sha256[:12]}...)")
         n = n_coords(shapes)
-        expected = (n, self.config.num_layers, 2, self.config.hidden_size)
+        expected = self.config.state_shape(n)
         if state is not None and tuple(state.hc.shape) != expected:
             raise ValueError(f"the state tensor has shape {list(state.hc.shape)}, "
                              f"this optimizer needs {list(expected)}")

@@ -67,13 +67,15 @@ def init_weights(hidden: int, layers: int, generator: torch.Generator | None = N
 
 def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
          layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32, returns the state in its dtype.
+    """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32 (float64 with float64
+    weights, for gradient checks), returns the state in its dtype.
 
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
     """
-    g = grads.to(torch.float32)
-    s = state.to(torch.float32)
-    betas = _BETAS.to(g.device)
+    dtype = torch.promote_types(torch.float32, weights["head.weight"].dtype)
+    g = grads.to(dtype)
+    s = state.to(dtype)
+    betas = _BETAS.to(g.device, dtype)
     m = s[:, 0:3] * betas[:3] + g.unsqueeze(1) * (1 - betas[:3])
     v = s[:, 3] ** 2 * BETA2 + g * g * (1 - BETA2)
     acc = s[:, 4:8] * betas + (1 - betas)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.lopt import native, pointwise
+from service.lopt import feature_mlp, native, pointwise
 from service.lopt.config import OptimizerConfig
 from service.lopt.functional import step_autograd
 from service.lopt.network import weight_shapes
@@ -73,6 +73,8 @@ def backend(config: OptimizerConfig, device: torch.device | str = "cpu") -> str:
     may compile the native kernel (that is what `warmup` is for)."""
     choice = requested_backend()
     kind = torch.device(device).type
+    if config.architecture == "feature_mlp":
+        return "torch"  # the native and compiled kernels are the LSTM's; the feature MLP is plain torch
     if choice in ("torch", "compiled"):
         return choice
     if kind == "cuda":
@@ -97,8 +99,7 @@ def warmup(config: OptimizerConfig, device: torch.device | str = "cpu") -> float
     for n in (3 * 16 + 1, 2 * BLOCK + 3):   # two sizes: a compiled step must not specialise on the first
         grads = torch.linspace(-1.0, 1.0, n, device=device)
         for dtype in STATE_DTYPES:
-            state = LSTMState(torch.zeros((n, config.num_layers, 2, config.hidden_size), dtype=dtype,
-                                          device=device))
+            state = LSTMState(torch.zeros(config.state_shape(n), dtype=dtype, device=device))
             step_inference(config, weights, grads, state)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -221,7 +222,7 @@ def step_inference_many(config: OptimizerConfig, weights: dict[str, torch.Tensor
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:
     if grads.dim() != 1 or not grads.dtype.is_floating_point:
         raise ValueError(f"grads must be a flat float tensor (n_coords,), got {grads.dtype} {tuple(grads.shape)}")
-    shape = (grads.shape[0], config.num_layers, 2, config.hidden_size)
+    shape = config.state_shape(grads.shape[0])
     if tuple(hc.shape) != shape:
         raise ValueError(f"state has shape {tuple(hc.shape)}, expected {shape} for {grads.shape[0]} coordinates")
     if hc.dtype not in STATE_DTYPES:
@@ -238,7 +239,9 @@ def _shapes(hidden: int, layers: int, inputs: int) -> tuple[tuple[str, tuple[int
 
 
 def _check_weights(config: OptimizerConfig, weights: dict[str, torch.Tensor]) -> None:
-    for name, shape in _shapes(config.hidden_size, config.num_layers, config.input_size):
+    shapes = (_shapes(config.hidden_size, config.num_layers, config.input_size) if config.architecture == "lstm"
+              else weight_shapes(config).items())
+    for name, shape in shapes:
         w = weights.get(name)
         if w is None or tuple(w.shape) != shape:
             raise ValueError(f"weight {name} must have shape {shape}, got "
@@ -265,6 +268,10 @@ def _step_blocks(config: OptimizerConfig, weights: dict[str, torch.Tensor], grad
         if stop - start < BLOCK:
             g = torch.cat([g, g.new_zeros(BLOCK - (stop - start))])
             h = torch.cat([h, h.new_zeros((BLOCK - (stop - start), *h.shape[1:]))])
-        u, s = step_autograd(config, weights, g, LSTMState(h))
+        if config.architecture == "feature_mlp":
+            u, new_h = feature_mlp.step(weights, g, h, config.output_scale, config.num_layers)
+        else:
+            u, new_h = step_autograd(config, weights, g, LSTMState(h))
+            new_h = new_h.hc
         out_updates[start:stop] = u[: stop - start]
-        out_state[start:stop] = s.hc[: stop - start]
+        out_state[start:stop] = new_h[: stop - start]

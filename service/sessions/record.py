@@ -23,7 +23,7 @@ class SessionInfo:
     version_id: str                       # the registry's id of that immutable version
     digest: str                           # sha256 of the version's checkpoint bytes
     shapes: dict[str, tuple[int, ...]]    # the client's parameters, in the order they were given
-    state_shape: tuple[int, ...]          # LSTMState.hc: (n_coords, num_layers, 2, hidden)
+    state_shape: tuple[int, ...]          # LSTMState.hc: config.state_shape(n_coords)
     step: int                             # steps applied so far
     created_at: float
     last_used_at: float

@@ -548,7 +548,7 @@ def check_resume(state: ExportedState, version: VersionRef, reference: str, conf
         raise StateMismatch(f"the shapes given differ from the state's: {differ[:5]}",
                             detail={"state": {n: list(s) for n, s in state.shapes.items()}})
     n = sum(math.prod(s) for s in state.shapes.values())
-    expected = (n, config.num_layers, 2, config.hidden_size)
+    expected = config.state_shape(n)
     if tuple(state.hc.shape) != expected:
         raise StateMismatch(f"the state tensor has shape {list(state.hc.shape)}, but {n} coordinates of "
                             f"{version.reference} need {list(expected)}", detail={"expected": list(expected)})

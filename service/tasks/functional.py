@@ -111,3 +111,22 @@ class FunctionalBatch:
             x, y = self.data.x[begin:min(n, begin + 1024)], self.data.y[begin:min(n, begin + 1024)]
             total = total + self._shared(theta, x, y) * x.shape[0]
         return total / n
+
+
+class Tiled:
+    """Each instance of `inner` repeated `k` times in a row (same start, same minibatches): k optimizer
+    settings run side by side on the very same problems, in one batched call."""
+
+    def __init__(self, inner: FunctionalBatch, k: int) -> None:
+        self.inner, self.k = inner, int(k)
+        self.n_instances, self.dim = inner.n_instances * self.k, inner.dim
+
+    def init_params(self) -> torch.Tensor:
+        return self.inner.init_params().repeat_interleave(self.k, dim=0)
+
+    def loss(self, theta: torch.Tensor, step: int) -> torch.Tensor:
+        x, y = self.inner.minibatch(step)
+        return self.inner._batched(theta, x.repeat_interleave(self.k, dim=0), y.repeat_interleave(self.k, dim=0))
+
+    def eval_loss(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.inner.eval_loss(theta)

@@ -6,6 +6,7 @@ import os
 import uuid
 
 import pytest
+import torch
 
 from service.sessions.memory_store import MemoryStore
 from service.sessions.redis_store import RedisStore
@@ -70,9 +71,20 @@ def settings(request, tmp_path):
                     step_max_body_bytes=100_000, **store)
 
 
-@pytest.fixture
-def ckpt_bytes():
-    return checkpoint_bytes(seed=3)
+@pytest.fixture(params=["lstm", "feature_mlp"])
+def ckpt_bytes(request):
+    """The session tests run on both architectures: the paper's LSTM, and the feature MLP with a non-zero
+    output layer (a fresh one is exactly Adam, which would hide a mix-up of its weights)."""
+    if request.param == "lstm":
+        return checkpoint_bytes(seed=3)
+    from service.lopt import Checkpoint
+
+    base = Checkpoint.from_bytes(checkpoint_bytes(seed=3, architecture="feature_mlp", hidden_size=4,
+                                                  output_scale=0.003))
+    g = torch.Generator().manual_seed(3)
+    weights = {k: v + 0.3 * torch.randn(v.shape, generator=g) if k.startswith("head.") else v
+               for k, v in base.weights.items()}
+    return Checkpoint(base.config, weights).to_bytes()
 
 
 @pytest.fixture

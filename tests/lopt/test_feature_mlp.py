@@ -1,0 +1,169 @@
+"""The feature MLP: Adam at the start, scale-free inputs, exact gradients, both state precisions, its config."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from service.lopt import Checkpoint, CheckpointError, ConfigError, CoordinatewiseLSTM, OptimizerConfig, init, step
+from service.lopt import feature_mlp
+from service.lopt.functional import step_autograd
+
+CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, output_scale=0.003)
+
+
+def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Weights with a non-zero output layer, as meta-training leaves them."""
+    net = CoordinatewiseLSTM(CFG, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed + 1)
+    return {k: (v.detach() + (0.5 * torch.randn(v.shape, generator=g) if k.startswith("head.") else 0)).to(dtype)
+            for k, v in net.weights().items()}
+
+
+def run(weights, grads_seq, dtype=torch.float32, cfg=CFG):
+    state, out = init(cfg, grads_seq[0].numel(), dtype=dtype), []
+    for g in grads_seq:
+        with torch.no_grad():
+            u, state = step(cfg, weights, g, state)
+        out.append(u)
+    return out, state
+
+
+def test_a_fresh_feature_mlp_is_adam_at_its_base_step():
+    net = CoordinatewiseLSTM(CFG, generator=torch.Generator().manual_seed(0))
+    weights = {k: v.detach() for k, v in net.weights().items()}
+    g = torch.Generator().manual_seed(1)
+    grads_seq = [torch.randn(50, generator=g) * 10 ** (t % 3) for t in range(30)]
+    ours, _ = run(weights, grads_seq)
+    param = torch.zeros(50, requires_grad=True)
+    adam = torch.optim.Adam([param], lr=CFG.output_scale, eps=0.0)
+    theta = torch.zeros(50)
+    for g_t, u in zip(grads_seq, ours, strict=True):
+        param.grad = g_t.clone()
+        adam.step()
+        theta = theta + u
+    assert torch.allclose(theta, param.detach(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e3])
+def test_updates_do_not_depend_on_the_gradients_scale(scale):
+    weights = trained_like()
+    g = torch.Generator().manual_seed(2)
+    grads_seq = [torch.randn(40, generator=g) for _ in range(8)]
+    base, _ = run(weights, grads_seq)
+    scaled, _ = run(weights, [x * scale for x in grads_seq])
+    for a, b in zip(base, scaled, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
+
+
+def test_coordinates_are_independent_and_order_does_not_matter():
+    weights = trained_like()
+    g = torch.Generator().manual_seed(3)
+    grads_seq = [torch.randn(30, generator=g) for _ in range(5)]
+    perm = torch.randperm(30, generator=g)
+    base, _ = run(weights, grads_seq)
+    permuted, _ = run(weights, [x[perm] for x in grads_seq])
+    # Equal up to float rounding: a matrix product may block rows differently at other offsets.
+    assert torch.allclose(base[-1][perm], permuted[-1], rtol=1e-6, atol=1e-10)
+
+
+def test_gradients_with_respect_to_the_weights_match_finite_differences():
+    weights = {k: v.double().requires_grad_() for k, v in trained_like().items()}
+    g = torch.Generator().manual_seed(4)
+    grads_seq = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    def total(*ws):
+        named = dict(zip(weights, ws, strict=True))
+        state = init(CFG, 6, dtype=torch.float64)
+        out = torch.zeros((), dtype=torch.float64)
+        for x in grads_seq:
+            u, state = feature_mlp.step(named, x, state.hc if hasattr(state, "hc") else state, CFG.output_scale,
+                                        CFG.num_layers)
+            out = out + (u * torch.arange(1, 7, dtype=torch.float64)).sum()
+        return out
+
+    assert torch.autograd.gradcheck(total, tuple(weights.values()), eps=1e-6, atol=1e-7)
+
+
+def test_the_server_step_and_the_differentiable_step_are_the_same_function():
+    weights = trained_like()
+    g = torch.randn(20, generator=torch.Generator().manual_seed(5))
+    state = init(CFG, 20)
+    with torch.no_grad():
+        u1, s1 = step(CFG, weights, g, state)
+    w_grad = {k: v.clone().requires_grad_() for k, v in weights.items()}
+    u2, s2 = step(CFG, w_grad, g, state)
+    assert torch.equal(u1, u2.detach()) and torch.equal(s1.hc, s2.hc.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_state_stays_close_and_keeps_its_dtype(dtype):
+    weights = trained_like()
+    g = torch.Generator().manual_seed(6)
+    # float16 cannot hold the square of a gradient of 300 (or of 1e-4): the state keeps sqrt(v) instead.
+    grads_seq = [torch.randn(64, generator=g) * s for s in (1e-4, 300.0) for _ in range(6)]
+    full, _ = run(weights, grads_seq)
+    half, state = run(weights, grads_seq, dtype=dtype)
+    assert state.hc.dtype == dtype and state.hc.shape == (64, feature_mlp.N_STATE)
+    for a, b in zip(full, half, strict=True):
+        assert torch.isfinite(b).all()
+        assert torch.allclose(a, b, rtol=0.05, atol=2e-4)
+
+
+def test_its_state_is_eight_floats_a_coordinate():
+    assert CFG.state_floats_per_coord == 8 and CFG.state_shape(5) == (5, 8)
+    assert init(CFG, 5).hc.shape == (5, 8)
+    with pytest.raises(ValueError, match="state has shape"):
+        step(CFG, trained_like(), torch.zeros(5), init(OptimizerConfig(), 5))
+
+
+def test_updates_are_bounded_whatever_the_weights():
+    weights = {k: v * 1e3 for k, v in trained_like().items()}
+    g = torch.Generator().manual_seed(7)
+    out, _ = run(weights, [torch.randn(100, generator=g) * 1e6 for _ in range(10)])
+    bound = CFG.output_scale * torch.exp(torch.tensor(feature_mlp.MAGNITUDE_RANGE)) * (
+        feature_mlp.DIRECTION_RANGE + 1 / (1 - feature_mlp.BETA2) ** 0.5)
+    assert all(torch.isfinite(u).all() and u.abs().max() <= bound for u in out)
+
+
+def test_the_config_names_its_architecture_and_only_its_own_fields():
+    d = CFG.to_dict()
+    assert d["architecture"] == "feature_mlp" and "preprocess" not in d and "preprocess_p" not in d
+    assert OptimizerConfig.from_dict(d) == CFG
+    assert OptimizerConfig().to_dict()["architecture"] == "lstm"
+    with pytest.raises(ConfigError, match="architecture"):
+        OptimizerConfig.from_dict({"architecture": "transformer"})
+    with pytest.raises(ConfigError, match="preprocess applies to the lstm"):
+        OptimizerConfig(architecture="feature_mlp", preprocess="none")
+
+
+def test_a_checkpoint_round_trips_and_refuses_weights_of_the_other_architecture():
+    ckpt = Checkpoint(CFG, trained_like())
+    back = Checkpoint.from_bytes(ckpt.to_bytes())
+    assert back.config == CFG and all(torch.equal(back.weights[k], v) for k, v in ckpt.weights.items())
+    lstm_weights = {k: v.detach() for k, v in CoordinatewiseLSTM(OptimizerConfig()).weights().items()}
+    with pytest.raises(CheckpointError, match="architecture"):
+        Checkpoint(CFG, lstm_weights)
+
+
+@pytest.mark.parametrize(("name", "digest"), [
+    ("quadratic-lstm", "7cb812a63b3b2423"),
+    ("digits-mlp-lstm", "c6f5a275cf0ff5bc"),
+])
+def test_the_shipped_lstms_still_make_the_same_updates_bit_for_bit(name, digest):
+    """The LSTM's definition (what meta-training and the kernels are held to) gives the bytes it gave before
+    the second architecture came."""
+    from pathlib import Path
+
+    ckpt = Checkpoint.load(Path(__file__).resolve().parents[2] / "service" / "pretrained" / name)
+    g = torch.Generator().manual_seed(11)
+    state = init(ckpt.config, 257)
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for _ in range(3):
+            u, state = step_autograd(ckpt.config, ckpt.weights, torch.randn(257, generator=g), state)
+            h.update(u.numpy().tobytes())
+            h.update(state.hc.numpy().tobytes())
+    assert h.hexdigest()[:16] == digest
