@@ -7,8 +7,16 @@ import hashlib
 import pytest
 import torch
 
-from service.lopt import Checkpoint, CheckpointError, ConfigError, CoordinatewiseLSTM, OptimizerConfig, init, step
-from service.lopt import feature_mlp
+from service.lopt import (
+    Checkpoint,
+    CheckpointError,
+    ConfigError,
+    CoordinatewiseLSTM,
+    OptimizerConfig,
+    feature_mlp,
+    init,
+    step,
+)
 from service.lopt.functional import step_autograd
 
 CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, output_scale=0.003)
