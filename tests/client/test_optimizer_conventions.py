@@ -177,3 +177,19 @@ def test_a_state_dict_from_before_lr_existed_still_resumes(l2o: Client):
     third = RemoteOptimizer(model.parameters(), optimizer=OPTIMIZER, client=l2o)
     third.load_state_dict(second.state_dict())
     assert third.param_groups[0]["lr"] == 0.3
+
+
+@pytest.mark.parametrize("architecture", ["lstm", "feature_mlp"])
+def test_local_state_dicts_resume_either_architecture_bit_for_bit(architecture):
+    from tests.conftest import checkpoint_bytes
+
+    data = checkpoint_bytes(architecture=architecture, hidden_size=8, num_layers=1, seed=5)
+    model, uninterrupted = mlp(), mlp()
+    first = LocalOptimizer(model.parameters(), checkpoint=data)
+    train(model, first, 3)
+    second = LocalOptimizer(model.parameters(), checkpoint=data)
+    second.load_state_dict(first.state_dict())  # each architecture's own state layout travels
+    train(model, second, 3)
+    reference = LocalOptimizer(uninterrupted.parameters(), checkpoint=data)
+    train(uninterrupted, reference, 6)
+    assert same(model, uninterrupted) and not same(model, mlp())
