@@ -117,14 +117,21 @@ def tune(problem: Problem, kind: str, grid: tuple[float, ...], report: list[int]
 
 
 def evaluate_problem(problem: Problem, learned: dict[str, Checkpoint], report: list[int], seeds: int,
-                     tune_seeds: int) -> dict:
+                     tune_seeds: int, reused: dict | None = None) -> dict:
+    """One problem's row. `reused`, this problem's row from an earlier run with the same steps and seeds,
+    supplies the curves of every optimizer it has, so only the others run (same instances, same data)."""
     points = sorted(set(record_points(report[-1])) | set(report))
     batch = problem.batch(seeds, SCORE_SEED)
     curves: dict[str, torch.Tensor] = {}
+    if reused is not None:
+        curves = {name: torch.tensor(c) for name, c in reused["raw"].items()}
     for name, ckpt in learned.items():
-        curves[name] = run(batch, learned_optimizer(ckpt), points)
-    tuned_lrs = {}
+        if name not in curves:
+            curves[name] = run(batch, learned_optimizer(ckpt), points)
+    tuned_lrs = dict(reused["tuned_lr"]) if reused is not None else {}
     for label, kind, grid in (("adam-tuned", "adam", ADAM_GRID), ("sgdm-tuned", "sgd", SGD_GRID)):
+        if label in curves:
+            continue
         best = tune(problem, kind, grid, report, tune_seeds)
         tuned_lrs[label] = {str(t): lr for t, lr in best.items()}
         lrs = sorted(set(best.values()) | ({1e-3} if kind == "adam" else set()))
@@ -138,7 +145,8 @@ def evaluate_problem(problem: Problem, learned: dict[str, Checkpoint], report: l
         curves[label] = curve
     initial = curves["adam-1e-3"][0]
     row = {"problem": problem.name, "description": problem.description, "dim": batch.dim, "seeds": seeds,
-           "tuned_lr": tuned_lrs, "steps": points, "loss": {}, "curve": {}, "divergences": {}}
+           "tuned_lr": tuned_lrs, "steps": points, "loss": {}, "curve": {}, "divergences": {},
+           "raw": {name: c.tolist() for name, c in curves.items()}}
     for name, c in curves.items():
         row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
         row["curve"][name] = [float(v) for v in c.mean(dim=1)]
@@ -202,6 +210,31 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def dashboard_report(doc: dict, learned: str) -> dict:
+    """The run as one version's evaluation, in the shape the dashboard draws (EvaluationReport.to_dict()):
+    per optimizer, the geometric mean over problems of loss ÷ the problem's initial loss at each recorded
+    step. Every optimizer starts each problem from the same θ_0, so the ratio of two of these means is
+    the geometric mean of their per-problem loss ratios."""
+    rows = doc["problems"]
+    steps_at = rows[0]["steps"]
+    names = [learned] + [n for n in rows[0]["curve"] if n in ("adam-1e-3", "adam-tuned", "sgdm-tuned")]
+    curves = {}
+    for name in names:
+        mean = []
+        for i in range(len(steps_at)):
+            logs = [math.log(max(r["curve"][name][i], 1e-30) / max(r["curve"][name][0], 1e-30)) for r in rows]
+            mean.append(math.exp(sum(logs) / len(logs)))
+        curves[name] = {"mean": mean, "std": [0.0] * len(mean)}
+    final = {name: c["mean"][-1] for name, c in curves.items()}
+    baselines = {k: v for k, v in final.items() if k != learned}
+    best = min(baselines, key=baselines.get)
+    return {"family": "held-out suite (python -m bench.generalization)",
+            "family_params": {"problems": [r["problem"] for r in rows]}, "steps": steps_at[-1],
+            "n_instances": doc["seeds"], "seed": SCORE_SEED, "learned": learned, "steps_at": steps_at,
+            "curves": curves, "final": final, "learning_rates": {}, "best_baseline": best,
+            "ratio": final[learned] / baselines[best], "summary": doc["summary"], "command": doc["command"]}
+
+
 def shipped() -> dict[str, Checkpoint]:
     return {d.name: Checkpoint.load(d) for d in sorted(PRETRAINED.iterdir()) if (d / "weights.safetensors").exists()}
 
@@ -215,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkpoint folder to run beside the shipped ones")
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only these problems")
     parser.add_argument("--no-shipped", action="store_true", help="leave out the shipped optimizers")
+    parser.add_argument("--evaluation", metavar="NAME=PATH",
+                        help="also write optimizer NAME's report, in the registry's evaluation shape, to PATH")
+    parser.add_argument("--reuse", type=Path, metavar="JSON",
+                        help="an earlier run's JSON (same --quick or not): its optimizers are not run again")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; these problems are small enough that more threads only add waiting")
     args = parser.parse_args(argv)
@@ -230,11 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only) - {p.name for p in PROBLEMS})
     if unknown:
         parser.error(f"unknown problems {unknown}; known: {[p.name for p in PROBLEMS]}")
+    reused = {}
+    if args.reuse:
+        earlier = json.loads(args.reuse.read_text())
+        if (earlier["report_steps"], earlier["seeds"]) != (report, seeds):
+            parser.error(f"{args.reuse} has steps {earlier['report_steps']} on {earlier['seeds']} seeds, not {report}")
+        reused = {r["problem"]: r for r in earlier["problems"]}
     began = time.perf_counter()
     rows = []
     for problem in problems:
         t0 = time.perf_counter()
-        rows.append(evaluate_problem(problem, learned, report, seeds, tune_seeds))
+        rows.append(evaluate_problem(problem, learned, report, seeds, tune_seeds, reused.get(problem.name)))
         print(f"{problem.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     summary = summarize(rows, report)
     print(table(rows, summary, report))
@@ -248,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     if args.plot:
         plot(rows, args.plot)
+    if args.evaluation:
+        name, _, path = args.evaluation.partition("=")
+        Path(path).write_text(json.dumps(dashboard_report(doc, name)) + "\n")
     return 0
 
 

@@ -5,13 +5,20 @@ import { colorOf, lossChart } from "./charts.js";
 import { h, fill, table } from "./dom.js";
 import { lr, num } from "./format.js";
 
-// The learned optimizer first, then the baselines in the report's order.
-export function curveNames(report) {
-  const names = Object.keys(report.curves || {});
-  return [...names.filter((n) => n === "lstm"), ...names.filter((n) => n !== "lstm")];
+// The learned optimizer first ("lstm", or the name a held-out suite report gives it), then the baselines.
+function learnedName(report) {
+  return report.learned || "lstm";
 }
 
+export function curveNames(report) {
+  const names = Object.keys(report.curves || {});
+  const learned = learnedName(report);
+  return [...names.filter((n) => n === learned), ...names.filter((n) => n !== learned)];
+}
+
+// A held-out suite report records its curves at log-spaced steps, named in `steps_at`.
 export function steps(report) {
+  if (Array.isArray(report.steps_at)) return report.steps_at;
   const longest = Math.max(0, ...Object.values(report.curves || {}).map((c) => c.mean.length));
   return Array.from({ length: longest }, (_, i) => i);
 }
@@ -29,10 +36,10 @@ export function evaluationChart(el, report) {
     xLabel: "step",
     yLabel: "mean loss",
     series: names.map((name, i) => ({
-      label: name === "lstm" ? "LSTM (learned)" : name,
+      label: name === "lstm" ? "LSTM (learned)" : name === learnedName(report) ? `${name} (learned)` : name,
       values: report.curves[name].mean,
       color: colorOf(name, i),
-      width: name === "lstm" ? 3 : 2,
+      width: name === learnedName(report) ? 3 : 2,
     })),
   });
 }
@@ -71,5 +78,6 @@ export function summary(el, report) {
     h("div", { class: "verdict-number" }, Number.isFinite(ratio) ? `${num(ratio, 3)}×` : "∞"),
     h("div", {}, h("div", { class: "verdict-title" },
       good ? "beats the best baseline" : "behind the best baseline"),
-    h("div", { class: "muted small" }, `LSTM's final loss over ${report.best_baseline}'s`))));
+    h("div", { class: "muted small" },
+      `${learnedName(report) === "lstm" ? "LSTM" : learnedName(report)}'s final loss over ${report.best_baseline}'s`))));
 }
