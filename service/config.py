@@ -33,7 +33,7 @@
     L2O_AUTH_GRACE_S      while the database is unreachable, a key checked valid within this many seconds keeps
                           working, so live sessions keep stepping (default: 300; 0: every request needs the database)
     L2O_JOB_EXECUTOR      who runs meta-training jobs: `auto` (default: `embedded` on SQLite, `procrastinate` on
-                          PostgreSQL), `embedded` (a background thread in the API process, one job at a time) or
+                          PostgreSQL), `embedded` (the API process starts each job in a process of its own, one at a time) or
                           `procrastinate` (the PostgreSQL task queue; `l2o worker` processes run the jobs)
     L2O_JOB_DEVICE        torch device jobs train on: `auto` (default: cuda when available, else cpu), cpu, cuda, cuda:N
     L2O_JOB_LEASE_S       a job whose worker sent no heartbeat for this long is taken over and resumed (default: 30)
@@ -44,6 +44,13 @@
     L2O_EVENTS_MAX_TOTAL    job event streams open at once in all, per API process, else 429 (default: 256)
     L2O_EVENTS_IDLE_TIMEOUT_S  an event stream whose job did not change for this long ends; clients reconnect
                           (default: 300)
+    L2O_JOB_MAX_MEMORY_BYTES  address-space cap of each job's process (every job runs in one of its own); a job
+                          past it fails saying so, and a spec estimated to need more is refused with 422
+                          (default: 4 GiB; 0: no cap and no memory check; not applied on CUDA devices)
+    L2O_JOB_MAX_FLOPS     a spec estimated to need more floating-point operations (training and evaluation) is
+                          refused with 422 (default: 1e15, about a day of one CPU core; 0: no check)
+    L2O_JOB_STOP_GRACE_S  how long a job's process has to honour a cancel or a stop before it is killed; the job
+                          is then cancelled, or handed back from its last resume checkpoint (default: 3)
 """
 
 from __future__ import annotations
@@ -97,6 +104,9 @@ class Settings(BaseSettings):
     events_max_per_key: int = Field(default=8, ge=1)
     events_max_total: int = Field(default=256, ge=1)
     events_idle_timeout_s: float = Field(default=300.0, gt=0)
+    job_max_memory_bytes: int = Field(default=4 * 1024**3, ge=0)
+    job_max_flops: float = Field(default=1e15, ge=0)
+    job_stop_grace_s: float = Field(default=3.0, gt=0, le=10)
 
     @field_validator("data_dir", "pretrained_dir")
     @classmethod

@@ -1,8 +1,10 @@
-"""The embedded executor: jobs found in the job table and run one at a time on a background thread.
+"""The embedded executor: jobs found in the job table and run one at a time, each in a process of its own.
 
-The default with SQLite, where the API process runs jobs itself. The same loop serves `l2o worker` when the
-executor is `embedded`. On start it resumes the jobs left `running` by a process that died: on the same
-machine at once (their owner process is gone), elsewhere once their lease lapses.
+The default with SQLite. The API process only supervises: a background thread looks for runnable jobs and
+starts a job process for each (process.py), so a job's memory never counts against the API's and a job
+that runs out of it fails alone. The same loop serves `l2o worker` when the executor is `embedded`. On
+start it resumes the jobs left `running` by a process that died: on the same machine at once (their owner
+process is gone), elsewhere once their lease lapses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import anyio
 
 from service.jobs import lease
 from service.jobs import repository as repo
-from service.jobs.runner import RunnerConfig, run_job
+from service.jobs.process import ProcessConfig, run_in_process
+from service.jobs.runner import RunnerConfig
 from service.registry.db import Database
 from service.registry.models import utcnow
 
@@ -25,8 +28,8 @@ log = logging.getLogger(__name__)
 class PollingWorker:
     """Looks for runnable jobs and runs them, one at a time, until told to stop."""
 
-    def __init__(self, db: Database, config: RunnerConfig, poll_s: float) -> None:
-        self.db, self.config, self.poll_s = db, config, poll_s
+    def __init__(self, db: Database, config: RunnerConfig, process: ProcessConfig, poll_s: float) -> None:
+        self.db, self.config, self.process, self.poll_s = db, config, process, poll_s
 
     def next_job(self) -> str | None:
         """A job this worker may claim: first one to resume (its runner is gone), else the oldest queued."""
@@ -40,14 +43,14 @@ class PollingWorker:
         return next((c.id for c in candidates if c.state == repo.QUEUED), None)
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None, *, burst: bool = False) -> None:
-        """Run jobs until `stop` is set (the running one is handed back at its next iteration); with
+        """Run jobs until `stop` is set (the running one is handed back, within the stop grace); with
         `burst`, return as soon as there is nothing left to run."""
         wake = wake or threading.Event()
         while not stop.is_set():
             try:
                 job_id = self.next_job()
                 if job_id is not None:
-                    run_job(job_id, self.db, self.config, should_interrupt=stop.is_set)
+                    run_in_process(job_id, self.config, self.process, stop.is_set)
                     continue
             except Exception:
                 log.exception("job worker: unexpected error; retrying in %.1f s", self.poll_s)
@@ -58,12 +61,12 @@ class PollingWorker:
 
 
 class EmbeddedExecutor:
-    """Runs jobs in the API process on one background thread."""
+    """Supervises job processes from one background thread of the API process."""
 
     name = "embedded"
 
-    def __init__(self, db: Database, config: RunnerConfig, poll_s: float) -> None:
-        self.worker = PollingWorker(db, config, poll_s)
+    def __init__(self, db: Database, config: RunnerConfig, process: ProcessConfig, poll_s: float) -> None:
+        self.worker = PollingWorker(db, config, process, poll_s)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,7 +80,8 @@ class EmbeddedExecutor:
         self._wake.set()
 
     async def stop(self) -> None:
-        """Hand the running job back (it resumes from its checkpoint on the next start) and wait for the thread."""
+        """Hand the running job back (it resumes from its checkpoint on the next start) and wait for the thread:
+        at most L2O_JOB_STOP_GRACE_S, after which its process is killed."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

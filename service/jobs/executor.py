@@ -1,4 +1,5 @@
-"""Who runs jobs: the embedded thread (SQLite default) or procrastinate workers (PostgreSQL).
+"""Who runs jobs: the embedded executor (SQLite default) or procrastinate workers (PostgreSQL); either way
+each job runs in a process of its own (process.py), never in the API process.
 
 The API holds one executor: it starts with the app, is told about each job once its row is committed
 (`dispatch`), and stops with the app. Both run `runner.run_job`, so both behave the same.
@@ -38,5 +39,7 @@ def make_executor(settings: Settings, db: Database) -> Executor:
 
         return ProcrastinateExecutor(settings.db_url)
     from service.jobs.embedded import EmbeddedExecutor
+    from service.jobs.process import ProcessConfig
 
-    return EmbeddedExecutor(db, RunnerConfig.from_settings(settings), settings.job_poll_s)
+    return EmbeddedExecutor(db, RunnerConfig.from_settings(settings), ProcessConfig.from_settings(settings),
+                            settings.job_poll_s)

@@ -49,6 +49,14 @@ def release(owner: str) -> None:
         _live.discard(owner)
 
 
+def pid_of(owner: str | None) -> int | None:
+    """The process id in `owner` when that owner ran in this process namespace, else None."""
+    parts = (owner or "").split("/")
+    if len(parts) != 4 or SCOPE is None or parts[3] != SCOPE or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -67,10 +75,9 @@ def is_void(owner: str | None) -> bool:
     """True when `owner` certainly no longer runs: its lease can be taken over without waiting."""
     if owner is None:
         return True
-    parts = owner.split("/")
-    if len(parts) != 4 or SCOPE is None or parts[3] != SCOPE or not parts[1].isdigit():
+    pid = pid_of(owner)
+    if pid is None:
         return False
-    pid = int(parts[1])
     if pid == os.getpid():
         with _lock:
             return owner not in _live

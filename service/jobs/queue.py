@@ -2,11 +2,14 @@
 `l2o worker` processes on any machine that reaches the database. The API process only defers.
 
 Each job is one procrastinate task with `lock` and `queueing_lock` set to the job's id, so procrastinate
-never runs two tasks for one job at once and never queues two. A worker killed with kill -9 stops sending
-its heartbeat; every worker sweeps now and then, and a task whose worker went quiet for the lease is put
-back in the queue (procrastinate's stalled-job detection), then resumed from the job's last checkpoint.
-The sweep also dispatches again a job no task will run (its dispatch was lost). A worker that is asked to
-stop hands its job back: the task is retried at once, on whichever worker fetches it.
+never runs two tasks for one job at once and never queues two: that lock, not a lease of ours, is what
+lets a task take its job over (`run_job(takeover=True)`), whoever ran it last. Liveness is procrastinate's
+own: each worker sends its heartbeat (every L2O_JOB_LEASE_S / 3); every worker sweeps now and then and puts
+back in the queue the tasks of workers silent for L2O_JOB_LEASE_S (`get_stalled_jobs`, `retry_job`), and
+the job resumes from its last resume checkpoint. The sweep also dispatches again a job no task will run
+(its dispatch was lost). A worker that is asked to stop hands its job back within L2O_JOB_STOP_GRACE_S:
+the task is retried at once, on whichever worker fetches it. The job itself runs in a child process of
+the worker (process.py), under the memory cap.
 
 procrastinate's tables come from our Alembic migrations (migrations/versions/0003_procrastinate.py).
 """
@@ -17,7 +20,7 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import anyio
@@ -26,9 +29,9 @@ from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.job_context import JobContext
 from sqlalchemy import make_url
 
-from service.jobs import lease
 from service.jobs import repository as repo
-from service.jobs.runner import Outcome, RunnerConfig, run_job
+from service.jobs.process import ProcessConfig, run_in_process
+from service.jobs.runner import Outcome, RunnerConfig
 from service.registry.db import Database
 from service.registry.models import utcnow
 
@@ -49,6 +52,7 @@ class WorkerRuntime:
 
     db: Database
     config: RunnerConfig
+    process: ProcessConfig
 
 
 def conninfo(database_url: str) -> str:
@@ -62,9 +66,7 @@ def conninfo(database_url: str) -> str:
 
 def run_task(context: JobContext, job_id: str) -> str:
     runtime: WorkerRuntime = context.additional_context["runtime"]
-    # The task may be a retry of one whose worker just died: wait out that worker's lease.
-    outcome = run_job(job_id, runtime.db, runtime.config, should_interrupt=context.should_abort,
-                      wait_for_lease_s=runtime.config.lease_s)
+    outcome = run_in_process(job_id, runtime.config, runtime.process, context.should_abort, takeover=True)
     if outcome is Outcome.INTERRUPTED:
         raise JobInterrupted(job_id)
     return outcome.value
@@ -98,15 +100,10 @@ async def sweep(app: procrastinate.App, db: Database, config: RunnerConfig) -> N
         with db.session() as s:
             return repo.candidates(s, limit=1000)
 
+    # A job queued a moment ago may have its dispatch still on its way; any other unfinished job needs a task.
     quiet_since = utcnow() - timedelta(seconds=config.lease_s)
-    orphans = []
-    for c in await anyio.to_thread.run_sync(rows):
-        if c.state == repo.QUEUED and c.created_at > quiet_since:
-            continue  # just submitted: its dispatch may still be on its way
-        if (c.state == repo.RUNNING and c.heartbeat_at is not None and c.heartbeat_at >= quiet_since
-                and not lease.is_void(c.lease_owner)):
-            continue  # its runner is alive
-        orphans.append(c.id)
+    orphans = [c.id for c in await anyio.to_thread.run_sync(rows)
+               if c.state == repo.RUNNING or c.created_at <= quiet_since]
     if not orphans:
         return
     live = {t.lock for status in LIVE_STATUSES for t in await manager.list_jobs_async(task=TASK, status=status)}
@@ -116,9 +113,10 @@ async def sweep(app: procrastinate.App, db: Database, config: RunnerConfig) -> N
             await defer(app, job_id)
 
 
-async def run_worker(database_url: str, db: Database, config: RunnerConfig, *, concurrency: int = 1,
-                     poll_s: float = 1.0, burst: bool = False) -> None:
+async def run_worker(database_url: str, db: Database, config: RunnerConfig, process: ProcessConfig, *,
+                     concurrency: int = 1, poll_s: float = 1.0, burst: bool = False) -> None:
     """A procrastinate worker for our jobs. With `burst` it returns once the queue is empty."""
+    config = replace(config, leases=False)
     app = make_app(database_url)
     async with app.open_async():
         await sweep(app, db, config)
@@ -127,10 +125,11 @@ async def run_worker(database_url: str, db: Database, config: RunnerConfig, *, c
             await app.run_worker_async(
                 queues=[QUEUE], concurrency=concurrency, wait=not burst,
                 name=f"l2o-worker@{socket.gethostname()}:{os.getpid()}",
-                additional_context={"runtime": WorkerRuntime(db, config)},
+                additional_context={"runtime": WorkerRuntime(db, config, process)},
                 update_heartbeat_interval=max(config.lease_s / 3, 0.1), stalled_worker_timeout=config.lease_s,
                 fetch_job_polling_interval=poll_s,
-                # On SIGTERM the running job is told to stop at its next iteration and is handed back.
+                # On SIGTERM the running job is told to stop at once; its process hands it back within
+                # L2O_JOB_STOP_GRACE_S or is killed, and the job is handed back for it.
                 shutdown_graceful_timeout=0)
         finally:
             if sweeper is not None:

@@ -99,14 +99,18 @@ def request_cancel(db: Session, job_id: str) -> bool:
 # --- running ----------------------------------------------------------------------------------------
 
 
-def claim(db: Session, job_id: str, owner: str, *, stale_before: datetime, void_owner: str | None = None) -> bool:
+def claim(db: Session, job_id: str, owner: str, *, stale_before: datetime | None, void_owner: str | None = None,
+          takeover: bool = False) -> bool:
     """Take the lease: the job must be queued, or running under a lease that lapsed before `stale_before`
-    (or whose owner, `void_owner`, is known to be gone)."""
-    lapsed = [Job.lease_owner.is_(None), Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before]
+    (or whose owner, `void_owner`, is known to be gone), or running at all with `takeover`."""
+    lapsed = [Job.lease_owner.is_(None)]
+    if stale_before is not None:
+        lapsed += [Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before]
     if void_owner is not None:
         lapsed.append(Job.lease_owner == void_owner)
+    running = Job.state == RUNNING if takeover else and_(Job.state == RUNNING, or_(*lapsed))
     now = utcnow()
-    return _set(db, job_id, [or_(Job.state == QUEUED, and_(Job.state == RUNNING, or_(*lapsed)))], {
+    return _set(db, job_id, [or_(Job.state == QUEUED, running)], {
         "state": RUNNING, "lease_owner": owner, "heartbeat_at": now, "attempts": Job.attempts + 1,
         "started_at": func.coalesce(Job.started_at, literal(now, Job.__table__.c.started_at.type)),
         "phase": "starting", "eta_s": None})

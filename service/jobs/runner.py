@@ -69,6 +69,9 @@ class RunnerConfig:
     device: str = "cpu"
     lease_s: float = 30.0
     max_attempts: int = 5
+    # Our own lease (a heartbeat on the row, taken over once it lapses): what the embedded executor's
+    # workers coordinate by. procrastinate workers go without: its lock and its worker heartbeats do that.
+    leases: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunnerConfig:
@@ -77,15 +80,18 @@ class RunnerConfig:
 
 
 def run_job(job_id: str, db: Database, config: RunnerConfig = RunnerConfig(), *,
-            should_interrupt: Callable[[], bool] | None = None, wait_for_lease_s: float = 0.0) -> Outcome:
+            should_interrupt: Callable[[], bool] | None = None, wait_for_lease_s: float = 0.0,
+            takeover: bool = False) -> Outcome:
     """Run job `job_id` to its end, or until `should_interrupt()` (the worker is stopping) says to hand it back.
 
     When a live-looking lease holds the job, wait up to `wait_for_lease_s` for it to lapse (a worker that
-    was just found dead may still look alive for a moment), then give up: the holder runs it.
+    was just found dead may still look alive for a moment), then give up: the holder runs it. With
+    `takeover` the caller knows no one else runs the job (procrastinate's lock says so): a running job is
+    taken over whoever its last owner was.
     """
     owner = lease.acquire()
     try:
-        if not _claim(db, job_id, owner, config, wait_for_lease_s):
+        if not _claim(db, job_id, owner, config, wait_for_lease_s, takeover):
             return Outcome.SKIPPED
         run = _Run(db, job_id, owner, config, should_interrupt)
         with run.heartbeat:
@@ -100,13 +106,23 @@ def run_job(job_id: str, db: Database, config: RunnerConfig = RunnerConfig(), *,
                 raise
             except Exception as exc:
                 log.exception("job %s failed", job_id)
-                message = exc.message if isinstance(exc, L2OError) else f"{type(exc).__name__}: {exc}"
-                return run.end(Outcome.FAILED, error=message)
+                return run.end(Outcome.FAILED, error=failure_reason(exc))
     finally:
         lease.release(owner)
 
 
-def _claim(db: Database, job_id: str, owner: str, config: RunnerConfig, wait_s: float) -> bool:
+def failure_reason(exc: Exception) -> str:
+    if isinstance(exc, L2OError):
+        return exc.message
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+        # torch's allocator says so in a RuntimeError once the process's memory cap is reached.
+        return ("out of memory: the job needed more memory than its process may use (L2O_JOB_MAX_MEMORY_BYTES); "
+                f"lower training.instances, training.unroll or the family's size ({text.splitlines()[0][:300]})")
+    return text
+
+
+def _claim(db: Database, job_id: str, owner: str, config: RunnerConfig, wait_s: float, takeover: bool) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         with db.session() as s:
@@ -117,8 +133,8 @@ def _claim(db: Database, job_id: str, owner: str, config: RunnerConfig, wait_s: 
             if job.state in repo.TERMINAL:
                 return False
             void = job.lease_owner if job.state == repo.RUNNING and lease.is_void(job.lease_owner) else None
-            claimed = repo.claim(s, job_id, owner, stale_before=utcnow() - timedelta(seconds=config.lease_s),
-                                 void_owner=void)
+            stale_before = utcnow() - timedelta(seconds=config.lease_s) if config.leases else None
+            claimed = repo.claim(s, job_id, owner, stale_before=stale_before, void_owner=void, takeover=takeover)
             s.commit()
         if claimed:
             return True
@@ -159,12 +175,26 @@ class _Heartbeat(threading.Thread):
         self.join()
 
 
+class _NoHeartbeat:
+    """Where procrastinate's worker heartbeats stand in for ours."""
+
+    def __init__(self) -> None:
+        self.lost = threading.Event()
+
+    def __enter__(self) -> _NoHeartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 class _Run:
     def __init__(self, db: Database, job_id: str, owner: str, config: RunnerConfig,
                  should_interrupt: Callable[[], bool] | None) -> None:
         self.db, self.job_id, self.owner, self.config = db, job_id, owner, config
         self.should_interrupt = should_interrupt or (lambda: False)
-        self.heartbeat = _Heartbeat(db, job_id, owner, max(config.lease_s / 3, 0.05))
+        self.heartbeat = (_Heartbeat(db, job_id, owner, max(config.lease_s / 3, 0.05)) if config.leases
+                          else _NoHeartbeat())
         self.start_iteration = 0
         self.base_elapsed = 0.0
 

@@ -21,6 +21,7 @@ import pytest
 from service.config import Settings
 from service.jobs import queue
 from service.jobs.executor import executor_name
+from service.jobs.process import ProcessConfig
 from service.jobs.runner import RunnerConfig
 from service.registry.db import Database
 
@@ -81,7 +82,8 @@ class QueueWorkerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.task = self.loop.create_task(queue.run_worker(
-            self.settings.db_url, self.db, RunnerConfig.from_settings(self.settings), poll_s=POLL_S))
+            self.settings.db_url, self.db, RunnerConfig.from_settings(self.settings),
+            ProcessConfig.from_settings(self.settings), poll_s=POLL_S))
         self.ready.set()
         with contextlib.suppress(asyncio.CancelledError):
             self.loop.run_until_complete(self.task)
