@@ -33,7 +33,8 @@
     L2O_AUTH_GRACE_S      while the database is unreachable, a key checked valid within this many seconds keeps
                           working, so live sessions keep stepping (default: 300; 0: every request needs the database)
     L2O_JOB_EXECUTOR      who runs meta-training jobs: `auto` (default: `embedded` on SQLite, `procrastinate` on
-                          PostgreSQL), `embedded` (the API process starts each job in a process of its own, one at a time) or
+                          PostgreSQL), `embedded` (the API process starts each job in a process of its own, one
+                          at a time) or
                           `procrastinate` (the PostgreSQL task queue; `l2o worker` processes run the jobs)
     L2O_JOB_DEVICE        torch device jobs train on: `auto` (default: cuda when available, else cpu), cpu, cuda, cuda:N
     L2O_JOB_LEASE_S       a job whose worker sent no heartbeat for this long is taken over and resumed (default: 30)

@@ -34,6 +34,7 @@ from service.config import Settings
 from service.jobs import repository as repo
 from service.jobs import service as jobs
 from service.jobs.executor import Executor, make_executor
+from service.jobs.price import JobLimits
 from service.jobs.spec import JobSpec
 from service.registry.db import Database
 from service.registry.models import Job, KeyGrant
@@ -59,8 +60,10 @@ async def jobs_component(app: FastAPI) -> AsyncIterator[None]:
 
 @router.post("", status_code=201)
 async def submit(spec: JobSpec, request: Request, response: Response, db: DbSession, key: TrainKey) -> JobOut:
+    limits = JobLimits.from_settings(request.app.state.settings)
+
     def create() -> JobOut:
-        job = jobs.submit(db, key, spec)
+        job = jobs.submit(db, key, spec, limits)
         db.commit()
         return JobOut.of(job)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pydantic
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from service.errors import L2OError
 from service.jobs import lease
@@ -43,6 +44,7 @@ from service.metatrain import (
     meta_train,
     tune_all,
 )
+from service.registry import repository as registry_repo
 from service.registry import service as registry
 from service.registry.db import Database
 from service.registry.models import utcnow
@@ -197,6 +199,7 @@ class _Run:
                           else _NoHeartbeat())
         self.start_iteration = 0
         self.base_elapsed = 0.0
+        self.key_id: int | None = None
 
     # --- the steps --------------------------------------------------------------------------------
 
@@ -210,6 +213,7 @@ class _Run:
                 f"killed or lost the database); L2O_JOB_MAX_ATTEMPTS is {self.config.max_attempts}"))
         if job.cancel_requested:
             return self.end(Outcome.CANCELLED)
+        self.key_id = job.key_id
         try:
             spec = JobSpec.model_validate(job.spec)
         except pydantic.ValidationError as exc:
@@ -259,7 +263,7 @@ class _Run:
         with self.db.session() as s:
             version = registry.register_version(
                 s, spec.name, result.checkpoint.to_bytes(), source="job", job_id=self.job_id,
-                evaluation=json_safe(report.to_dict()))
+                evaluation=json_safe(report.to_dict()), publisher=self._publisher(s))
             if repo.finish(s, self.job_id, self.owner, repo.SUCCEEDED, unless_cancelled=True,
                            result_version_id=version.id):
                 s.commit()
@@ -267,6 +271,12 @@ class _Run:
                 return Outcome.SUCCEEDED
             s.rollback()
         return self._stopped()
+
+    def _publisher(self, s: Session) -> registry.Publisher:
+        """The job's key as it is now: a key that lost the admin scope since submitting publishes without it."""
+        key = registry_repo.get_key(s, self.key_id) if self.key_id is not None else None
+        return registry.Publisher(self.key_id if key is not None else None,
+                                  key is not None and key.revoked_at is None and "admin" in key.scopes)
 
     # --- callbacks from the training loop ---------------------------------------------------------
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service.errors import JobFinished, JobNotFound, ValidationError
+from service.jobs import price
 from service.jobs import repository as repo
 from service.jobs.spec import JobSpec
+from service.registry import service as registry
 from service.registry.models import Job, KeyGrant
 
 
-def submit(db: Session, key: KeyGrant, spec: JobSpec) -> Job:
+def submit(db: Session, key: KeyGrant, spec: JobSpec, limits: price.JobLimits | None = None) -> Job:
+    """Queue the job, once its spec is priced within `limits` (422 otherwise) and its key may publish its
+    name (403 otherwise): a refused job changes nothing."""
+    if limits is not None:
+        price.check(spec, limits)
+    registry.check_publisher(db, spec.name, registry.Publisher(key.id, key.has_scope("admin")))
     return repo.add_job(db, Job(key_id=key.id, spec=spec.model_dump(mode="json"), state=repo.QUEUED,
                                 total_iterations=spec.training.iterations))
 

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from service.registry.models import Alias, ApiKey, KeyGrant, Optimizer, OptimizerVersion, utcnow
+from service.registry.models import Alias, ApiKey, Job, KeyGrant, Optimizer, OptimizerVersion, utcnow
 
 # --- API keys ---------------------------------------------------------------------------------------
 
@@ -90,6 +90,16 @@ def next_version_number(db: Session, optimizer: Optimizer) -> int:
                        .returning(Optimizer.version_counter))
     db.expire(optimizer, ["version_counter"])
     return int(number)
+
+
+def creator_key_id(db: Session, optimizer: Optimizer) -> int | None:
+    """The key whose job published the name's oldest remaining version; None when an upload or the shipped
+    checkpoints made it (an admin), or that key is gone."""
+    row = db.execute(select(OptimizerVersion.source, Job.key_id)
+                     .outerjoin(Job, Job.id == OptimizerVersion.job_id)
+                     .where(OptimizerVersion.optimizer_id == optimizer.id)
+                     .order_by(OptimizerVersion.version).limit(1)).one_or_none()
+    return row.key_id if row is not None and row.source == "job" else None
 
 
 # --- versions ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.errors import NotFound, VersionInUse
+from service.errors import Forbidden, NotFound, VersionInUse
 from service.lopt import Checkpoint
 from service.lopt.checkpoint import sha256_hex
 from service.registry import checkpoints, repository
@@ -93,16 +93,45 @@ def load(db: Session, ref: str | Reference) -> ResolvedVersion:
     return ResolvedVersion(version, Checkpoint.from_bytes(checkpoint_bytes(db, version)))
 
 
+@dataclass(frozen=True)
+class Publisher:
+    """Who a job publishes for: the key that submitted it, and whether that key holds the admin scope."""
+
+    key_id: int | None
+    admin: bool
+
+
+def check_publisher(db: Session, name: str, publisher: Publisher) -> None:
+    """A job may publish a new name, or a name its own key created; any other name needs the admin scope
+    (else a train key could move every tenant's bare `name` to weights of its choosing)."""
+    optimizer = repository.get_optimizer(db, check_name(name))
+    if optimizer is not None:
+        _check_publisher(db, optimizer, publisher, new=optimizer.version_counter == 0)
+
+
+def _check_publisher(db: Session, optimizer: Optimizer, publisher: Publisher, *, new: bool) -> None:
+    if publisher.admin or new:
+        return
+    creator = repository.creator_key_id(db, optimizer)
+    if creator is None or creator != publisher.key_id:
+        raise Forbidden(f"optimizer {optimizer.name!r} was not created by this key: publishing a version of it "
+                        "needs the 'admin' scope (a job may publish a new name, or one its own key created)",
+                        detail={"name": optimizer.name, "required": ["admin"]})
+
+
 def register_version(db: Session, name: str, data: bytes, *, expected_sha256: str | None = None,
                      config: dict[str, Any] | None = None, source: str = "upload", job_id: str | None = None,
-                     evaluation: dict[str, Any] | None = None) -> OptimizerVersion:
-    """Validate `data` and store it as the next version of `name`, creating the name if it is new."""
+                     evaluation: dict[str, Any] | None = None, publisher: Publisher | None = None) -> OptimizerVersion:
+    """Validate `data` and store it as the next version of `name`, creating the name if it is new. With a
+    `publisher` (a job), the name must be new or its key's own (see `check_publisher`)."""
     check_name(name)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     checkpoint, stored = checkpoints.validate(data, expected_sha256=expected_sha256, config=config)
     optimizer = repository.get_or_create_optimizer(db, name)
-    number = repository.next_version_number(db, optimizer)
+    number = repository.next_version_number(db, optimizer)  # locks the name's row: the check below is race-free
+    if publisher is not None:
+        _check_publisher(db, optimizer, publisher, new=number == 1)
     return repository.add_version(db, OptimizerVersion(
         optimizer=optimizer, version=number, checkpoint=stored, config=checkpoint.config.to_dict(),
         sha256=sha256_hex(stored), size=len(stored), source=source, job_id=job_id, evaluation=evaluation))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.tasks.base import SPLITS, TaskBatch, TaskFamily
+from service.tasks.base import SPLITS, Footprint, TaskBatch, TaskFamily
 from service.tasks.conv import ConvFamily
 from service.tasks.mixture import MixtureFamily
 from service.tasks.mlp import LogisticFamily, MLPFamily
@@ -31,5 +31,5 @@ def make_family(name: str, **params: Any) -> TaskFamily:
         raise ValueError(f"bad parameters for family {name!r}: {exc}") from exc
 
 
-__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "LogisticFamily", "MLPFamily", "MixtureFamily", "QuadraticFamily",
-           "TaskBatch", "TaskFamily", "make_family"]
+__all__ = ["FAMILIES", "SPLITS", "ConvFamily", "Footprint", "LogisticFamily", "MLPFamily", "MixtureFamily",
+           "QuadraticFamily", "TaskBatch", "TaskFamily", "make_family"]

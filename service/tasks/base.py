@@ -6,6 +6,7 @@ and the coordinatewise optimizer sees B * D coordinates at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -27,8 +28,23 @@ class TaskBatch(Protocol):
         """Per-instance loss (B,) on the instance's whole data: the figure reports use."""
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """What one instance of a family costs, from its parameters alone: what a job's price is estimated from
+    (service/jobs/price.py) before anything is allocated. Counts, not bytes."""
+
+    params: int  # coordinates of one instance
+    data: int  # floats an instance holds for its whole life (a quadratic's W and y)
+    activations: int  # floats one loss-and-gradient keeps for its backward pass
+    flops: int  # floating-point operations of one loss-and-gradient
+    eval_flops: int  # of one reported loss (`eval_loss`)
+
+
 class TaskFamily(Protocol):
     name: str
+
+    def footprint(self) -> Footprint:
+        """One instance's sizes and costs, computed from the parameters, allocating nothing."""
 
     def params(self) -> dict[str, Any]:
         """The family's parameters, as they would be given to `make_family`."""

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from service.tasks.digits import ACTIVATIONS, N_CLASSES, DigitsBatch, Layout
+from service.tasks.base import Footprint
+from service.tasks.digits import ACTIVATIONS, EVAL_IMAGES, N_CLASSES, N_FEATURES, DigitsBatch, Layout
 
 
 class ConvBatch(DigitsBatch):
@@ -57,6 +58,14 @@ class ConvFamily:
 
     def params(self) -> dict[str, Any]:
         return {"channels": self.channels, "activation": self.activation, "batch_size": self.batch_size}
+
+    def footprint(self) -> Footprint:
+        c = self.channels
+        forward = 2 * (c * 64 * 9 + N_CLASSES * c * 16)  # per example: the 3x3 convolution, the linear layer
+        per_example = N_FEATURES + 2 * c * 64 + c * 16 + 2 * N_CLASSES
+        return Footprint(params=c * 9 + c + N_CLASSES * c * 16 + N_CLASSES, data=0,
+                         activations=self.batch_size * per_example, flops=3 * forward * self.batch_size,
+                         eval_flops=forward * EVAL_IMAGES)
 
     def sample(self, n_instances: int, seed: int, split: str = "train",
                device: torch.device | str = "cpu") -> ConvBatch:

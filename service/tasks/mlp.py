@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from service.tasks.digits import ACTIVATIONS, N_CLASSES, N_FEATURES, DigitsBatch, Layout
+from service.tasks.base import Footprint
+from service.tasks.digits import ACTIVATIONS, EVAL_IMAGES, N_CLASSES, N_FEATURES, DigitsBatch, Layout
 
 
 def mlp_layout(hidden_sizes: tuple[int, ...]) -> Layout:
@@ -55,6 +56,13 @@ class MLPFamily:
     def params(self) -> dict[str, Any]:
         return {"hidden_sizes": list(self.hidden_sizes), "activation": self.activation,
                 "batch_size": self.batch_size}
+
+    def footprint(self) -> Footprint:
+        weights = mlp_layout(self.hidden_sizes).dim
+        # Per example: its inputs, each layer's output before and after the activation, the softmax.
+        per_example = N_FEATURES + 2 * sum(self.hidden_sizes) + 2 * N_CLASSES
+        return Footprint(params=weights, data=0, activations=self.batch_size * per_example,
+                         flops=6 * weights * self.batch_size, eval_flops=2 * weights * EVAL_IMAGES)
 
     def sample(self, n_instances: int, seed: int, split: str = "train",
                device: torch.device | str = "cpu") -> MLPBatch:

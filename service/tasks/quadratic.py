@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from service.tasks.base import split_seed
+from service.tasks.base import Footprint, split_seed
 
 
 @dataclass
@@ -48,6 +48,11 @@ class QuadraticFamily:
 
     def params(self) -> dict[str, Any]:
         return {"dim": self.dim, "init_std": self.init_std}
+
+    def footprint(self) -> Footprint:
+        d = self.dim
+        return Footprint(params=d, data=d * d + 2 * d, activations=2 * d, flops=4 * d * d + 4 * d,
+                         eval_flops=2 * d * d + 2 * d)
 
     def sample(self, n_instances: int, seed: int, split: str = "train",
                device: torch.device | str = "cpu") -> QuadraticBatch:
