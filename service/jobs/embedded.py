@@ -17,7 +17,7 @@ import anyio
 
 from service.jobs import lease
 from service.jobs import repository as repo
-from service.jobs.process import ProcessConfig, run_in_process
+from service.jobs.process import ProcessConfig, run_in_process, warm_up
 from service.jobs.runner import RunnerConfig
 from service.registry.db import Database
 from service.registry.models import utcnow
@@ -46,6 +46,7 @@ class PollingWorker:
         """Run jobs until `stop` is set (the running one is handed back, within the stop grace); with
         `burst`, return as soon as there is nothing left to run."""
         wake = wake or threading.Event()
+        warm_up()
         while not stop.is_set():
             try:
                 job_id = self.next_job()

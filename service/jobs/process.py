@@ -5,10 +5,10 @@ the kernel's kill took every memory-store session with it). The child caps its a
 L2O_JOB_MAX_MEMORY_BYTES, so an allocation past the cap fails inside the child and the job ends `failed`
 saying so, while the process that started it lives on.
 
-Children are forked from a forkserver that imported torch and the runner once: a fork costs about 0.2 s
-here, a fresh interpreter 5 s of imports. The child holds the read end of a pipe whose write end only its
-supervisor holds; when the supervisor dies (even by SIGKILL) the pipe reads EOF and the child exits, so a
-job never outlives the process answerable for it.
+Children are forked from a forkserver that imported torch and the runner once (forkserver.py): a fork
+costs about 0.2 s here, a fresh interpreter 5 s of imports. The child holds the read end of a pipe whose
+write end only its supervisor holds; when the supervisor dies (even by SIGKILL) the pipe reads EOF and the
+child exits, so a job never outlives the process answerable for it.
 
 The supervisor polls the job's row: a cancel, or a stop of the supervisor itself (SIGTERM), that the child
 has not honoured within L2O_JOB_STOP_GRACE_S gets the child killed (evaluation checks nothing between its
@@ -37,7 +37,7 @@ from service.registry.db import Database
 log = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["service.jobs.process"])
+_CONTEXT.set_forkserver_preload(["service.jobs.forkserver"])
 
 # How the child's outcome crosses back: its exit status. Anything else is a crash.
 EXIT_CODES = {outcome: 64 + i for i, outcome in enumerate(Outcome)}
@@ -60,6 +60,13 @@ class ProcessConfig:
     @classmethod
     def from_settings(cls, settings) -> ProcessConfig:
         return cls(settings.db_url, settings.job_max_memory_bytes, settings.job_stop_grace_s, settings.log_level)
+
+
+def warm_up() -> None:
+    """Start the forkserver now (its imports take seconds) rather than when the first job comes."""
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
 
 
 def run_in_process(job_id: str, config: RunnerConfig, process: ProcessConfig,

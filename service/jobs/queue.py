@@ -30,7 +30,7 @@ from procrastinate.job_context import JobContext
 from sqlalchemy import make_url
 
 from service.jobs import repository as repo
-from service.jobs.process import ProcessConfig, run_in_process
+from service.jobs.process import ProcessConfig, run_in_process, warm_up
 from service.jobs.runner import Outcome, RunnerConfig
 from service.registry.db import Database
 from service.registry.models import utcnow
@@ -117,6 +117,7 @@ async def run_worker(database_url: str, db: Database, config: RunnerConfig, proc
                      concurrency: int = 1, poll_s: float = 1.0, burst: bool = False) -> None:
     """A procrastinate worker for our jobs. With `burst` it returns once the queue is empty."""
     config = replace(config, leases=False)
+    await anyio.to_thread.run_sync(warm_up)
     app = make_app(database_url)
     async with app.open_async():
         await sweep(app, db, config)

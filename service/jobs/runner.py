@@ -8,7 +8,9 @@
 Any worker may call it for any job at any time; both executors do. The lease (see lease.py) lets one
 runner hold a job at a time and every write is conditional on holding it, so a runner that lost its lease
 (its heartbeat lapsed and someone took over) changes nothing, and a version is registered exactly once. A
-finished job is never claimed again. Cancellation is a flag on the row, checked before every iteration.
+finished job is never claimed again. Cancellation is a flag on the row, checked before every iteration
+(and by the job process's supervisor, which kills a job that does not stop in time). Under procrastinate
+the heartbeat is procrastinate's own (its worker's) and the task's lock lets it take the job over.
 """
 
 from __future__ import annotations
