@@ -3,15 +3,17 @@ refused with a 422 naming the part of the spec and the limit when over the confi
 
 Memory is the larger of the two phases, plus what a job process holds before it allocates anything:
 
-    training    instances × (params × (unroll × KEPT(S) + RESIDENT(S)) + data + (unroll + 1) × activations)
-    evaluation  instances × (params × (S + 8) + data), baselines and learned optimizer one after the other
+    training    coords × (unroll × KEPT(S) + RESIDENT(S)) + instances × (data + (unroll + 1) × activations)
+    evaluation  coords × (S + 8) + instances × (data + activations), one optimizer after the other
 
-where S is the optimizer's state floats per coordinate (`config.state_floats_per_coord`, so another
-architecture plugs in) and params, data, activations come from the family's `footprint()`: a new family
-plugs in by giving one. KEPT and RESIDENT were measured with one meta-training iteration per case in a fresh
-process (peak RSS): 346-433 floats per coordinate per unrolled step, and 355-1,052 resident, at S = 80
-(quadratics of 400 dimensions, 50 instances, unrolls of 10 and 20; an MLP of 64 units, 16 instances); the
-constants below sit above every case.
+where coords is instances × params (at most the family's `max_batch_params`); S is the larger of the
+optimizer's state floats per coordinate (`config.state_floats_per_coord`, so another architecture plugs
+in) and its hidden units (2 × layers × hidden size: a feature MLP's activations); params, data and
+activations come from the family's `footprint()`: a new family plugs in by giving one. KEPT and RESIDENT
+were measured with one meta-training iteration per case in a fresh process (peak RSS): 346-433 floats
+per coordinate per unrolled step, and 355-1,052 resident, at S = 80 (quadratics of 400 dimensions, 50
+instances, unrolls of 10 and 20; an MLP of 64 units, 16 instances); the constants below sit above every
+case.
 
 Compute is the sum over training (the optimizee's loss-and-gradient and the optimizer's forward and
 backward at every step, plus validation) and evaluation (tuning every baseline over the grid, then the
@@ -88,22 +90,26 @@ def estimate(spec: JobSpec) -> Price:
     f = footprint(spec.family.build())
     config = spec.optimizer_config()
     t, ev = spec.training, spec.evaluation
-    s = config.state_floats_per_coord
+    s = max(config.state_floats_per_coord, 2 * config.num_layers * config.hidden_size)
     lopt = optimizer_flops_per_coord(config)
 
-    per_instance = f.params * (t.unroll * kept_per_step(s) + resident(s)) + f.data + (t.unroll + 1) * f.activations
-    validation = t.eval_instances * (f.params * (s + 8) + f.data + f.activations)
-    training_bytes = FLOAT_BYTES * (t.instances * per_instance + validation)
-    widest = max(ev.instances, ev.tune_instances, t.eval_instances)
-    evaluation_bytes = FLOAT_BYTES * widest * (f.params * (s + 8) + f.data + f.activations)
+    def coords(instances: int) -> int:
+        return min(instances * f.params, f.max_batch_params or math.inf)
 
-    step = f.flops + 3 * f.params * lopt  # the optimizee's loss and gradient, the optimizer forward and backward
+    kept = t.unroll * kept_per_step(s) + resident(s)
+    per_instance = f.data + (t.unroll + 1) * f.activations
+    validation = coords(t.eval_instances) * (s + 8) + t.eval_instances * (f.data + f.activations)
+    training_bytes = FLOAT_BYTES * (coords(t.instances) * kept + t.instances * per_instance + validation)
+    widest = max(ev.instances, ev.tune_instances, t.eval_instances)
+    evaluation_bytes = FLOAT_BYTES * (coords(widest) * (s + 8) + widest * (f.data + f.activations))
+
+    # Each step: the optimizee's loss and gradient, the optimizer's forward and backward over every coordinate.
     validations = math.ceil(t.iterations / t.eval_every)
-    training_flops = (t.iterations * t.horizon * t.instances * step
-                      + validations * t.eval_instances * t.horizon * (f.flops + f.params * lopt))
+    training_flops = (t.iterations * t.horizon * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
+                      + validations * t.horizon * (t.eval_instances * f.flops + coords(t.eval_instances) * lopt))
     steps, baselines = spec.eval_steps, len(ev.baselines)
-    tuning = baselines * len(ev.lr_grid) * ev.tune_instances * steps * (f.flops + 10 * f.params)
-    evaluating = ev.instances * steps * ((baselines + 1) * (f.flops + f.eval_flops) + f.params * lopt)
+    tuning = baselines * len(ev.lr_grid) * steps * (ev.tune_instances * f.flops + 10 * coords(ev.tune_instances))
+    evaluating = steps * (ev.instances * (baselines + 1) * (f.flops + f.eval_flops) + coords(ev.instances) * lopt)
     return Price(training_bytes, evaluation_bytes, float(training_flops), float(tuning + evaluating))
 
 

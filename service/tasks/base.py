@@ -38,6 +38,9 @@ class Footprint:
     activations: int  # floats one loss-and-gradient keeps for its backward pass
     flops: int  # floating-point operations of one loss-and-gradient
     eval_flops: int  # of one reported loss (`eval_loss`)
+    # A family that shrinks its problems to keep a batch's coordinates under a bound (the mixture) says so
+    # here, with `params` its largest instance: a batch then costs at most this many coordinates.
+    max_batch_params: int | None = None
 
 
 class TaskFamily(Protocol):
