@@ -21,7 +21,9 @@ import pytest
 from service.cli.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "data")
+# What a checkout gathers beside the source (environments, caches, test and demo output): not copied.
+SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "data",
+                              "artifacts", "l2o-demo", "out", ".l2o")
 
 
 def run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> str:
