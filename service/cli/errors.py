@@ -77,5 +77,6 @@ EXPECTED: tuple[type[BaseException], ...] = (client.L2OError, domain.L2OError, C
 
 def report(exc: BaseException) -> int:
     """Print `exc` as one line on stderr and return its exit status."""
-    print(f"error: {message(exc)}", file=sys.stderr)
+    text = " ".join(line.strip() for line in message(exc).splitlines() if line.strip())  # one line, always
+    print(f"error: {text}", file=sys.stderr)
     return int(exit_code(exc))
