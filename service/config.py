@@ -16,7 +16,12 @@
     L2O_SESSION_IDLE_TIMEOUT_S  a session with no step for this long expires (default: 3600)
     L2O_SESSION_MAX_COORDS      most coordinates (parameter entries) in one session (default: 1000000)
     L2O_SESSION_MAX_PER_KEY     most live sessions one API key may hold (default: 16)
-    L2O_SESSION_MAX_STATE_BYTES most bytes of LSTM state held for all sessions together (default: 2 GiB)
+    L2O_SESSION_MAX_STATE_BYTES most bytes held for all sessions together: LSTM state, and each session's
+                          parameter names and shapes (default: 2 GiB)
+    L2O_SESSION_MAX_BYTES_PER_KEY  most bytes one key's sessions may hold together, counted so (default: 1 GiB)
+    L2O_SESSION_MAX_PARAMETERS  most parameters (named tensors) in one session (default: 10000)
+    L2O_SESSION_MAX_NAME_BYTES  most bytes of parameter names in one session, all together (default: 1 MiB)
+    L2O_SESSION_MAX_SHAPE_ENTRIES  most dimensions in one session's shapes, all together (default: 65536)
     L2O_STEP_MAX_BODY_BYTES     largest step request body accepted, else 413 (default: 64 MiB)
     L2O_STEP_DEVICE       torch device steps run on: `cpu` (default), `cuda`, `cuda:N`, or `auto` (cuda when
                           available); the memory store keeps session states in that device's memory, Redis on
@@ -87,6 +92,10 @@ class Settings(BaseSettings):
     session_max_coords: int = Field(default=1_000_000, ge=1)
     session_max_per_key: int = Field(default=16, ge=1)
     session_max_state_bytes: int = Field(default=2 * 1024**3, ge=1)
+    session_max_bytes_per_key: int = Field(default=1024**3, ge=1)
+    session_max_parameters: int = Field(default=10_000, ge=1)
+    session_max_name_bytes: int = Field(default=1024**2, ge=1)
+    session_max_shape_entries: int = Field(default=65_536, ge=1)
     step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     step_batching: bool = True
     step_device: str = Field(default="cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")

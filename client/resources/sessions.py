@@ -91,6 +91,15 @@ def _session(session_id: str, suffix: str = "", method: str = "GET") -> RequestO
     return RequestOptions(method, f"{BASE}/{segment(session_id)}{suffix}", session_id=session_id)
 
 
+def _next_page(response: httpx.Response) -> RequestOptions | None:
+    """The request for the page after this one, from its `Link: <...>; rel="next"` header, if any."""
+    following = response.links.get("next")
+    if following is None:
+        return None
+    url = httpx.URL(following["url"])
+    return RequestOptions("GET", BASE, params=dict(url.params))
+
+
 class Sessions(SyncResource):
     def create(self, optimizer: str, shapes: Mapping[str, Sequence[int]], *,
                state_dtype: str | None = None) -> Session:
@@ -116,7 +125,14 @@ class Sessions(SyncResource):
         return Session.from_json(self._client.json_of(self._client.send(_session(session_id))))
 
     def list(self) -> list[Session]:
-        return [Session.from_json(s) for s in self._client.json_of(self._client.send(RequestOptions("GET", BASE)))]
+        """Every live session of this key, oldest first (the server answers a page at a time)."""
+        out, options = [], RequestOptions("GET", BASE)
+        while True:
+            response = self._client.send(options)
+            out += [Session.from_json(s) for s in self._client.json_of(response)]
+            options = _next_page(response)
+            if options is None:
+                return out
 
     def state(self, session_id: str) -> SessionState:
         return _state(self._client.send(_session(session_id, "/state")))
@@ -147,8 +163,14 @@ class AsyncSessions(AsyncResource):
         return Session.from_json(self._client.json_of(await self._client.send(_session(session_id))))
 
     async def list(self) -> list[Session]:
-        response = await self._client.send(RequestOptions("GET", BASE))
-        return [Session.from_json(s) for s in self._client.json_of(response)]
+        """Every live session of this key, oldest first (the server answers a page at a time)."""
+        out, options = [], RequestOptions("GET", BASE)
+        while True:
+            response = await self._client.send(options)
+            out += [Session.from_json(s) for s in self._client.json_of(response)]
+            options = _next_page(response)
+            if options is None:
+                return out
 
     async def state(self, session_id: str) -> SessionState:
         return _state(await self._client.send(_session(session_id, "/state")))

@@ -163,6 +163,8 @@ class SessionOut(BaseModel):
     n_coords: int
     step: int = Field(description="steps applied so far: the step number the next request must carry")
     state_bytes: int = Field(description="bytes of LSTM state the server holds for this session")
+    held_bytes: int = Field(description="what the session counts against the limits: its state, and its "
+                                        "parameter names and shapes")
     state_dtype: str = Field(description="what the LSTM state is kept in: float32, bfloat16 or float16")
     created_at: datetime
     last_used_at: datetime
@@ -176,5 +178,6 @@ class SessionOut(BaseModel):
         return cls(id=i.id, optimizer=PinnedVersion(name=i.optimizer, version=i.version,
                                                     reference=f"{i.optimizer}:{i.version}", digest=i.digest),
                    shapes={n: list(s) for n, s in i.shapes.items()}, n_coords=i.n_coords, step=i.step,
-                   state_bytes=i.nbytes, state_dtype=i.state_dtype, created_at=at(i.created_at),
-                   last_used_at=at(i.last_used_at), expires_at=at(i.last_used_at + idle_timeout_s))
+                   state_bytes=i.nbytes, held_bytes=i.held_bytes, state_dtype=i.state_dtype,
+                   created_at=at(i.created_at), last_used_at=at(i.last_used_at),
+                   expires_at=at(i.last_used_at + idle_timeout_s))

@@ -2,7 +2,7 @@
 
     POST   /v1/sessions                 {"optimizer": "name@alias", "shapes": {...}} -> the session
     POST   /v1/sessions/resume          a state from GET .../state (safetensors body) -> a new session
-    GET    /v1/sessions                 the caller's live sessions
+    GET    /v1/sessions                 the caller's live sessions, a page at a time (Link: rel="next")
     GET    /v1/sessions/{id}            one session
     DELETE /v1/sessions/{id}
     POST   /v1/sessions/{id}/step       gradients in (JSON or safetensors), updates out in the same format
@@ -52,6 +52,9 @@ STEP_ANSWER = {200: {"description": "the updates by name (θ ← θ + update), i
                                     "session's new step count",
                      "content": {wire.JSON_TYPE: {}, wire.SAFETENSORS_TYPE: {}}}}
 NO_STORE = {"Cache-Control": "no-store"}
+MAX_PAGE = 100
+# A page cursor: the last session's creation time (a float's repr) and id, as the Link header gives them.
+CURSOR_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,20})?~s_[A-Za-z0-9_-]{1,64}$"
 
 
 async def get_sessions(request: Request) -> SessionService:
@@ -99,8 +102,23 @@ async def resume_session(
 
 
 @router.get("")
-async def list_sessions(key: OptimizeKey, sessions: Sessions) -> list[SessionOut]:
-    return [SessionOut.of(i, sessions.limits.idle_timeout_s) for i in await sessions.list(str(key.id))]
+async def list_sessions(
+    response: Response, key: OptimizeKey, sessions: Sessions,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="most sessions in this page")] = MAX_PAGE,
+    after: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="the cursor of the next page, from "
+                                                                          "the previous page's Link header")] = None,
+) -> list[SessionOut]:
+    """The caller's live sessions, oldest first, a page at a time: when more may follow, a `Link` header
+    with `rel="next"` names the next page."""
+    cursor = None
+    if after is not None:
+        created, _, sid = after.partition("~")
+        cursor = (float(created), sid)
+    page = await sessions.list(str(key.id), limit=limit, after=cursor)
+    if len(page) == limit:
+        last = page[-1]
+        response.headers["Link"] = f'</v1/sessions?limit={limit}&after={last.created_at!r}~{last.id}>; rel="next"'
+    return [SessionOut.of(i, sessions.limits.idle_timeout_s) for i in page]
 
 
 @router.get("/{session_id}")
@@ -120,7 +138,11 @@ async def step(session_id: str, request: Request, key: OptimizeKey, sessions: Se
     """Apply one step. `step` must equal the session's count (applied) or count - 1 (a retry: the same
     answer again, byte for byte); anything else is 409 naming the step expected."""
     fmt = wire.format_of(request.headers.get("content-type"))
-    raw = await read_body(request, settings.step_max_body_bytes, "L2O_STEP_MAX_BODY_BYTES")
+    # The session is found, and its gradients' largest body known, before a byte of the body is read.
+    most = await sessions.step_body_limit(str(key.id), session_id, fmt)
+    raw = await (read_body(request, most, f"the largest {fmt.value} step body this session's shapes can make")
+                 if most < settings.step_max_body_bytes else
+                 read_body(request, settings.step_max_body_bytes, "L2O_STEP_MAX_BODY_BYTES"))
     answer = await sessions.step(str(key.id), session_id, raw, fmt)
     # A memoryview: Starlette sends it as it is (a binary answer is a bytearray the step wrote into).
     return Response(memoryview(answer.body), media_type=answer.content_type, headers=NO_STORE)

@@ -46,7 +46,7 @@ class MemoryStore(SessionStore):
         with self._lock:
             for record in records:
                 self._records[record.id] = record
-                self._bytes += record.info.nbytes
+                self._bytes += record.info.held_bytes
             self._tombstones.update(tombstones)
         # Loaded once: a later crash must not bring back these (by then stale) states.
         self.snapshot.unlink()
@@ -77,14 +77,14 @@ class MemoryStore(SessionStore):
             if owned >= max_per_owner:
                 raise TooManySessions(f"this key already holds {owned} sessions, the limit is {max_per_owner}: "
                                       "delete one first", detail={"sessions": owned, "limit": max_per_owner})
-            if self._bytes + info.nbytes > max_total_bytes:
-                raise AtCapacity(f"the server holds {self._bytes} bytes of session state; {info.nbytes} more "
+            if self._bytes + info.held_bytes > max_total_bytes:
+                raise AtCapacity(f"the server holds {self._bytes} bytes of session state; {info.held_bytes} more "
                                  f"would pass its limit of {max_total_bytes}",
-                                 detail={"held": self._bytes, "requested": info.nbytes, "limit": max_total_bytes})
+                                 detail={"held": self._bytes, "requested": info.held_bytes, "limit": max_total_bytes})
             if info.id in self._records:
                 raise RuntimeError(f"session id collision: {info.id}")
             self._records[info.id] = record
-            self._bytes += info.nbytes
+            self._bytes += info.held_bytes
 
     def get(self, session_id: str) -> SessionRecord | None:
         with self._lock:
@@ -158,7 +158,7 @@ class MemoryStore(SessionStore):
         record = self._records.pop(session_id, None)
         self._spares.pop(session_id, None)
         if record is not None:
-            self._bytes -= record.info.nbytes
+            self._bytes -= record.info.held_bytes
         return record
 
 

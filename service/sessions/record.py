@@ -10,6 +10,14 @@ import torch
 
 # The dtypes a session's LSTM state may be kept in, by name: the step computes in float32 either way.
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What a parameter costs the server besides its name's bytes and 8 per shape entry: the name's str object,
+# the shape's tuple and the mapping's slot (CPython: about 50 + 40 + 30 bytes), rounded up.
+PARAMETER_OVERHEAD_BYTES = 128
+
+
+def description_bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    """What a session's parameter names and shapes cost to hold, by the same count the limits use."""
+    return sum(len(name.encode()) + 8 * len(shape) + PARAMETER_OVERHEAD_BYTES for name, shape in shapes.items())
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,14 @@ class SessionInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of LSTM state."""
         return math.prod(self.state_shape) * STATE_DTYPES[self.state_dtype].itemsize
+
+    @property
+    def held_bytes(self) -> int:
+        """What the session costs the server: its state and its description (names, shapes), the bytes the
+        limits count. A session of many long names and empty shapes holds little state but much else."""
+        return self.nbytes + description_bytes(self.shapes)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)

@@ -111,7 +111,7 @@ class RedisStore(SessionStore):
         info = record.info
         fields = {
             "info": json.dumps(info.to_json()), "owner": info.owner, "version_id": info.version_id,
-            "nbytes": info.nbytes, "step": info.step, "last_used": repr(info.last_used_at),
+            "nbytes": info.held_bytes, "step": info.step, "last_used": repr(info.last_used_at),
             "hc": state_to_bytes(record.hc),
             "answer": record.answer if record.answer is not None else b"",
             "answer_type": record.answer_type or "",
@@ -119,15 +119,15 @@ class RedisStore(SessionStore):
         flat = [x for pair in fields.items() for x in pair]
         keys = [self._key("s", info.id), self._key("owner", info.owner), self._key("version", info.version_id),
                 self.prefix + "used", self.prefix + "bytes"]
-        code, value = self._add(keys=keys, args=[info.id, max_per_owner, max_total_bytes, info.nbytes,
+        code, value = self._add(keys=keys, args=[info.id, max_per_owner, max_total_bytes, info.held_bytes,
                                                  repr(info.last_used_at), *flat])
         if code == 1:
             raise TooManySessions(f"this key already holds {value} sessions, the limit is {max_per_owner}: "
                                   "delete one first", detail={"sessions": value, "limit": max_per_owner})
         if code == 2:
-            raise AtCapacity(f"the server holds {value} bytes of session state; {info.nbytes} more would pass "
+            raise AtCapacity(f"the server holds {value} bytes of session state; {info.held_bytes} more would pass "
                              f"its limit of {max_total_bytes}",
-                             detail={"held": value, "requested": info.nbytes, "limit": max_total_bytes})
+                             detail={"held": value, "requested": info.held_bytes, "limit": max_total_bytes})
         if code == -1:
             raise RuntimeError(f"session id collision: {info.id}")
 

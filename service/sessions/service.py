@@ -34,6 +34,7 @@ import torch
 
 from service import lopt
 from service.errors import (
+    AtCapacity,
     InvalidGradients,
     L2OError,
     MalformedBody,
@@ -42,6 +43,7 @@ from service.errors import (
     SessionTooLarge,
     StateMismatch,
     StepConflict,
+    TooManySessions,
     ValidationError,
 )
 from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig, kernel
@@ -49,7 +51,7 @@ from service.lopt.tensors import all_finite
 from service.registry.names import MAX_VERSION
 from service.sessions import wire
 from service.sessions.batcher import StepBatcher
-from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord
+from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord, description_bytes
 from service.sessions.store import SessionStore
 from service.sessions.turns import SessionTurns
 from service.sessions.versions import VersionRef, VersionSource
@@ -59,7 +61,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "l2o-session-state/1"
 STATE_TYPE = wire.SAFETENSORS_TYPE
-MAX_PARAMETERS = 100_000
 MAX_NAME_CHARS = 512
 MAX_VERSION_DIGITS = len(str(MAX_VERSION))
 INLINE_BYTES = 128 * 1024   # a step body up to this (about 32,000 float32 gradients) runs on the event loop
@@ -70,12 +71,19 @@ class SessionLimits:
     idle_timeout_s: float = 3600.0
     max_coords: int = 1_000_000            # per session; 320 bytes of state each with the default LSTM
     max_sessions_per_key: int = 16
-    max_state_bytes: int = 2 * 1024**3     # all sessions together
+    max_state_bytes: int = 2 * 1024**3     # all sessions together: state and description (SessionInfo.held_bytes)
+    max_parameters: int = 10_000           # per session
+    max_name_bytes: int = 1024**2          # per session, all parameter names together (UTF-8)
+    max_shape_entries: int = 65_536        # per session, the dimensions of every shape together
+    max_bytes_per_key: int = 1024**3       # all of one key's sessions together (held_bytes)
 
     @classmethod
     def from_settings(cls, settings: Any) -> SessionLimits:
         return cls(idle_timeout_s=settings.session_idle_timeout_s, max_coords=settings.session_max_coords,
-                   max_sessions_per_key=settings.session_max_per_key, max_state_bytes=settings.session_max_state_bytes)
+                   max_sessions_per_key=settings.session_max_per_key, max_state_bytes=settings.session_max_state_bytes,
+                   max_parameters=settings.session_max_parameters, max_name_bytes=settings.session_max_name_bytes,
+                   max_shape_entries=settings.session_max_shape_entries,
+                   max_bytes_per_key=settings.session_max_bytes_per_key)
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,10 @@ class SessionService:
     async def get(self, owner: str, session_id: str) -> SessionInfo:
         return await anyio.to_thread.run_sync(self._live_info, str(owner), session_id)
 
-    async def list(self, owner: str) -> list[SessionInfo]:
-        return await anyio.to_thread.run_sync(self._list, str(owner))
+    async def list(self, owner: str, *, limit: int | None = None, after: tuple[float, str] | None = None
+                   ) -> list[SessionInfo]:
+        """The owner's live sessions, oldest first: at most `limit`, those after the (created_at, id) `after`."""
+        return await anyio.to_thread.run_sync(self._list, str(owner), limit, after)
 
     async def delete(self, owner: str, session_id: str) -> None:
         async with self._turns.of(session_id):
@@ -166,6 +176,15 @@ class SessionService:
             if len(body) <= self.inline_bytes:
                 return self._step(str(owner), session_id, body, fmt)
             return await anyio.to_thread.run_sync(self._step, str(owner), session_id, body, fmt)
+
+    async def step_body_limit(self, owner: str, session_id: str, fmt: WireFormat) -> int:
+        """The most bytes a step body for this session can hold in `fmt`: found (404, 410 as a step would
+        be) before the body is read, so a body no step of this session could send is refused unread."""
+        if self.store.keeps_tensors:   # a dict lookup: cheaper than the thread hop
+            info = self._live_info(str(owner), session_id)
+        else:
+            info = await anyio.to_thread.run_sync(self._live_info, str(owner), session_id)
+        return wire.max_body_bytes(info.shapes, fmt)
 
     def is_version_in_use(self, version_id: int | str) -> bool:
         """The registry's delete check: does a live (not idle-expired) session use this version?"""
@@ -198,8 +217,8 @@ class SessionService:
                 resume_state: bytes | bytearray | None, state_dtype: str | None = None) -> SessionInfo:
         if state_dtype is not None and state_dtype not in STATE_DTYPES:
             raise ValidationError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
-        given = check_shapes(shapes) if shapes is not None else None
-        state = read_state(resume_state) if resume_state is not None else None
+        given = check_shapes(shapes, self.limits) if shapes is not None else None
+        state = read_state(resume_state, self.limits) if resume_state is not None else None
         if state is None and (reference is None or given is None):
             raise ValidationError("a new session needs an optimizer reference and the shapes of the parameters")
         if state is not None:
@@ -212,6 +231,11 @@ class SessionService:
                                   detail={"n_coords": n_coords, "limit": self.limits.max_coords})
         version = self.versions.resolve(reference)
         config, _ = self._load_weights(version.id, version.digest)
+        # Priced before it is paid for: the state's bytes follow from the version's config (whatever its
+        # architecture), and every limit is checked before anything is allocated.
+        dtype = state.hc.dtype if state is not None else STATE_DTYPES[state_dtype or "float32"]
+        self.purge_idle()  # sessions past their idle time must not count against the limits
+        self._check_room(owner, n_coords * config.state_floats_per_coord * dtype.itemsize + description_bytes(shapes_))
         if state is None:
             step, hc = 0, lopt.init(config, n_coords, dtype=STATE_DTYPES[state_dtype or "float32"],
                                     device=self.state_device).hc
@@ -223,14 +247,36 @@ class SessionService:
             id="s_" + secrets.token_urlsafe(24), owner=owner, optimizer=version.name, version=version.version,
             version_id=version.id, digest=version.digest, shapes=shapes_, state_shape=tuple(hc.shape), step=step,
             created_at=now, last_used_at=now, state_dtype=dtype_name(hc.dtype))
-        self.purge_idle()  # sessions past their idle time must not count against the limits
         self.store.add(SessionRecord(info, hc), max_per_owner=self.limits.max_sessions_per_key,
                        max_total_bytes=self.limits.max_state_bytes)
         return info
 
-    def _list(self, owner: str) -> list[SessionInfo]:
+    def _check_room(self, owner: str, held_bytes: int) -> None:
+        """Refuse a session of `held_bytes` that the key's quota or the server's room cannot take. (The
+        store checks the count and the total again, atomically, when it adds the session.)"""
+        owned = self.store.list_owner(owner)
+        if len(owned) >= self.limits.max_sessions_per_key:
+            raise TooManySessions(f"this key already holds {len(owned)} sessions, the limit is "
+                                  f"{self.limits.max_sessions_per_key} (L2O_SESSION_MAX_PER_KEY): delete one first",
+                                  detail={"sessions": len(owned), "limit": self.limits.max_sessions_per_key})
+        key_bytes = sum(i.held_bytes for i in owned)
+        if key_bytes + held_bytes > self.limits.max_bytes_per_key:
+            raise TooManySessions(f"this key's sessions hold {key_bytes} bytes; {held_bytes} more would pass its quota "
+                                  f"of {self.limits.max_bytes_per_key} (L2O_SESSION_MAX_BYTES_PER_KEY): delete one "
+                                  "first", detail={"held": key_bytes, "requested": held_bytes,
+                                                   "limit": self.limits.max_bytes_per_key})
+        total = self.store.total_bytes()
+        if total + held_bytes > self.limits.max_state_bytes:
+            raise AtCapacity(f"the server holds {total} bytes of sessions; {held_bytes} more would pass its limit of "
+                             f"{self.limits.max_state_bytes} (L2O_SESSION_MAX_STATE_BYTES)",
+                             detail={"held": total, "requested": held_bytes, "limit": self.limits.max_state_bytes})
+
+    def _list(self, owner: str, limit: int | None = None, after: tuple[float, str] | None = None
+              ) -> list[SessionInfo]:
         now = self.clock()
-        return [i for i in self.store.list_owner(owner) if not self._expire_if_idle(i, now)]
+        infos = [i for i in self.store.list_owner(owner)
+                 if (after is None or (i.created_at, i.id) > after) and not self._expire_if_idle(i, now)]
+        return infos if limit is None else infos[:limit]
 
     def _delete(self, owner: str, session_id: str) -> None:
         info = self.store.info(session_id)
@@ -423,11 +469,14 @@ def step_conflict(got: int, count: int) -> StepConflict:
         detail={"expected": count, "got": got})
 
 
-def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+def check_shapes(shapes: Mapping[str, Sequence[int]],
+                 limits: SessionLimits = SessionLimits()) -> dict[str, tuple[int, ...]]:
     if not isinstance(shapes, Mapping) or not shapes:
         raise ValidationError("shapes must name at least one parameter: {\"fc1.weight\": [20, 64], ...}")
-    if len(shapes) > MAX_PARAMETERS:
-        raise ValidationError(f"{len(shapes)} parameters, over the limit of {MAX_PARAMETERS}")
+    if len(shapes) > limits.max_parameters:
+        raise SessionTooLarge(f"{len(shapes)} parameters, over this server's limit of {limits.max_parameters} per "
+                              "session (L2O_SESSION_MAX_PARAMETERS)",
+                              detail={"parameters": len(shapes), "limit": limits.max_parameters})
     out: dict[str, tuple[int, ...]] = {}
     for name, shape in shapes.items():
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
@@ -443,6 +492,16 @@ def check_shapes(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ..
             raise ValidationError(f"the shape of {name!r} must be a list of at most {wire.MAX_DIMS} non-negative "
                                   f"integers, got {shape!r}", detail={"name": name})
         out[name] = tuple(shape)
+    name_bytes = sum(len(name.encode("utf-8", "surrogatepass")) for name in out)
+    if name_bytes > limits.max_name_bytes:
+        raise SessionTooLarge(f"the parameter names hold {name_bytes} bytes, over this server's limit of "
+                              f"{limits.max_name_bytes} per session (L2O_SESSION_MAX_NAME_BYTES)",
+                              detail={"name_bytes": name_bytes, "limit": limits.max_name_bytes})
+    entries = sum(len(s) for s in out.values())
+    if entries > limits.max_shape_entries:
+        raise SessionTooLarge(f"the shapes hold {entries} dimensions in all, over this server's limit of "
+                              f"{limits.max_shape_entries} per session (L2O_SESSION_MAX_SHAPE_ENTRIES)",
+                              detail={"shape_entries": entries, "limit": limits.max_shape_entries})
     if sum(math.prod(s) for s in out.values()) == 0:
         raise ValidationError("the parameters hold no coordinates (every shape has a zero)")
     return out
@@ -500,7 +559,7 @@ class ExportedState:
     hc: torch.Tensor
 
 
-def read_state(body: bytes | bytearray) -> ExportedState:
+def read_state(body: bytes | bytearray, limits: SessionLimits = SessionLimits()) -> ExportedState:
     """Parse a state from GET /v1/sessions/{id}/state, refusing anything it does not describe exactly."""
     meta, tensors = wire.read_safetensors(body, dtypes={"F32": torch.float32, "BF16": torch.bfloat16,
                                                         "F16": torch.float16})
@@ -517,7 +576,7 @@ def read_state(body: bytes | bytearray) -> ExportedState:
                             f"{meta['version'][:40]!r}")
     try:
         pairs = json.loads(meta["shapes"])
-        shapes = check_shapes({name: shape for name, shape in pairs})
+        shapes = check_shapes({name: shape for name, shape in pairs}, limits)
     except (ValueError, TypeError, RecursionError) as exc:
         raise MalformedBody(f"the state's metadata shapes must be a JSON list of [name, shape]: {exc}") from exc
     hc = tensors["hc"]

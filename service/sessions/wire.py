@@ -52,6 +52,24 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
 write_safetensors = serialize_safetensors
 
 
+# The most bytes one gradient value takes in a JSON body: a float's longest repr (24 characters), its
+# separator, and room for a pretty-printer's line break and indentation.
+JSON_BYTES_PER_VALUE = 64
+
+
+def max_body_bytes(shapes: Mapping[str, tuple[int, ...]], fmt: WireFormat) -> int:
+    """The largest step body that gradients of these shapes can make in `fmt`: a longer body cannot be
+    a valid step for them, so it is refused before it is read."""
+    n = sum(math.prod(shape) for shape in shapes.values())
+    # A name is at most 6 bytes of JSON per byte (\uXXXX escapes), plus its tensor's fields and digits.
+    names = sum(6 * len(name.encode("utf-8", "surrogatepass")) + 128 + 24 * len(shape)
+                for name, shape in shapes.items())
+    if fmt is WireFormat.JSON:
+        lists = sum(math.prod(shape[:-1]) * 8 for shape in shapes.values() if shape)   # brackets, breaks
+        return 1024 + names + lists + JSON_BYTES_PER_VALUE * n
+    return 1024 + names + 8 * n   # float64 at most
+
+
 class WireFormat(StrEnum):
     JSON = "json"
     SAFETENSORS = "safetensors"

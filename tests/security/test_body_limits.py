@@ -13,7 +13,7 @@ import pytest
 from service.app import create_app
 from tests.live_server import ServerThread
 from tests.record import record
-from tests.security.conftest import OCTET_TYPE, ST_TYPE, bearer, make_settings
+from tests.security.conftest import OCTET_TYPE, bearer, make_settings
 
 CHUNK = 64 * 1024
 HUGE = 1024 * 2**20  # what the hostile client offers to send: 1 GiB
@@ -107,7 +107,6 @@ def live(tmp_path, sqlite_migrated):
     ("/v1/jobs", "application/json", "L2O_MAX_BODY_BYTES"),
     ("/v1/keys", "application/json", "L2O_MAX_BODY_BYTES"),
     ("/v1/sessions", "application/json", "L2O_STEP_MAX_BODY_BYTES"),
-    ("/v1/sessions/s_unknown/step", ST_TYPE["Content-Type"], "L2O_STEP_MAX_BODY_BYTES"),
     ("/v1/optimizers/big/versions", OCTET_TYPE["Content-Type"], "L2O_MAX_UPLOAD_BYTES"),
 ])
 def test_a_chunked_body_is_cut_off_at_the_limit(live, path, content_type, setting):

@@ -13,9 +13,10 @@ import torch
 
 from service.lopt import Checkpoint, OptimizerConfig
 from service.lopt.checkpoint import serialize_safetensors
+from service.sessions import wire
 from tests.conftest import checkpoint_bytes
 from tests.record import record
-from tests.security.conftest import OCTET_TYPE, ST_TYPE, grads_body
+from tests.security.conftest import OCTET_TYPE, SHAPES, ST_TYPE, grads_body
 
 F32 = 4
 W_BYTES, B_BYTES = 6 * F32, 3 * F32  # layer.weight [3, 2] and layer.bias [3], float32
@@ -122,7 +123,10 @@ def test_malformed_step_bodies_are_refused_and_leave_the_session_as_it_was(clien
                                                                            memory_watch):
     headers = {**optimize_headers, **ST_TYPE}
     before = client.get(f"/v1/sessions/{session_id}/state", headers=optimize_headers).content
+    most = wire.max_body_bytes({n: tuple(s) for n, s in SHAPES.items()}, wire.WireFormat.SAFETENSORS)
     for what, (body, status, code, fragment) in {**MALFORMED, **WRONG_GRADIENTS}.items():
+        if len(body) > most:   # longer than any step of this session: refused unread, before its faults show
+            status, code, fragment = 413, "payload_too_large", "session's shapes"
         check_refusal(client.post(f"/v1/sessions/{session_id}/step", content=body, headers=headers),
                       status, code, fragment, what)
     record("malformed:step", cases=len(MALFORMED) + len(WRONG_GRADIENTS))

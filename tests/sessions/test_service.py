@@ -23,7 +23,7 @@ from service.errors import (
 )
 from service.lopt import LSTMState
 from service.sessions import wire
-from service.sessions.record import state_to_bytes
+from service.sessions.record import description_bytes, state_to_bytes
 from service.sessions.service import SessionLimits, SessionService
 from service.sessions.wire import StepMessage, WireFormat
 from tests.sessions.fakes import FakeClock, FakeVersions
@@ -220,8 +220,9 @@ async def test_the_sweeper_expires_idle_sessions_and_frees_the_limits(svc, store
 
 
 async def test_limits_refuse_with_clear_errors(store, versions, clock):
+    held = N * 80 * 4 + description_bytes({n: tuple(s) for n, s in SHAPES.items()})   # state, names and shapes
     svc = SessionService(store, versions, SessionLimits(max_coords=N, max_sessions_per_key=10,
-                                                        max_state_bytes=2 * N * 80 * 4), clock=clock)
+                                                        max_state_bytes=2 * held), clock=clock)
     with pytest.raises(SessionTooLarge, match=f"{N + 1} coordinates, over this server's limit of {N}"):
         await svc.create("k1", "opt", {**SHAPES, "extra": [1]})
     await svc.create("k1", "opt", SHAPES)
@@ -229,7 +230,7 @@ async def test_limits_refuse_with_clear_errors(store, versions, clock):
     with pytest.raises(Exception) as exc:
         await svc.create("k3", "opt", SHAPES)
     assert exc.value.status == 503 and exc.value.code == "at_capacity"
-    assert await svc.list("k3") == [] and store.total_bytes() == 2 * N * 80 * 4
+    assert await svc.list("k3") == [] and store.total_bytes() == 2 * held
 
 
 @pytest.mark.parametrize("shapes, match", [

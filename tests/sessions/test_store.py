@@ -10,7 +10,7 @@ import torch
 
 from service.errors import AtCapacity, ServiceUnavailable, TooManySessions
 from service.sessions.memory_store import MemoryStore
-from service.sessions.record import SessionInfo, SessionRecord
+from service.sessions.record import SessionInfo, SessionRecord, description_bytes
 from service.sessions.redis_store import RedisStore
 from tests.sessions.conftest import REDIS_URL
 
@@ -39,7 +39,8 @@ def test_add_then_get_returns_the_same_record(store):
     assert got.hc.dtype == torch.float32 and torch.equal(got.hc, rec.hc)
     assert got.answer is None and got.answer_type is None
     assert store.info(rec.id) == rec.info
-    assert store.total_bytes() == rec.info.nbytes == rec.hc.numel() * 4
+    assert rec.info.nbytes == rec.hc.numel() * 4
+    assert store.total_bytes() == rec.info.held_bytes == rec.info.nbytes + description_bytes(rec.info.shapes)
 
 
 def test_unknown_ids_are_absent(store):
@@ -104,7 +105,7 @@ def test_the_per_owner_limit_refuses_and_writes_nothing(store):
 
 def test_the_total_bytes_limit_refuses_and_writes_nothing(store):
     first = add(store, record(n=4))
-    limit = first.info.nbytes * 2
+    limit = first.info.held_bytes * 2
     add(store, record(n=4), total=limit)
     extra = record(n=1)
     with pytest.raises(AtCapacity, match=f"limit of {limit}"):
@@ -119,7 +120,7 @@ def test_delete_frees_its_bytes_and_indexes(store):
     assert store.delete(gone.id) is True
     assert store.get(gone.id) is None and store.delete(gone.id) is False
     assert store.ids_using("7") == [keep.id] and store.ids_using("8") == []
-    assert store.total_bytes() == keep.info.nbytes
+    assert store.total_bytes() == keep.info.held_bytes
     assert [i.id for i in store.list_owner("key-a")] == [keep.id]
     assert store.tombstone(gone.id, now=0.0) is None  # deleted is unknown, not expired
 
@@ -133,7 +134,7 @@ def test_expire_removes_only_idle_sessions_and_remembers_them(store):
     assert store.get(idle.id) is None and store.get(busy.id) is not None
     assert store.tombstone(idle.id, now=1000.0) == "key-a"
     assert store.tombstone(busy.id, now=1000.0) is None
-    assert store.total_bytes() == busy.info.nbytes and store.ids_using("7") == [busy.id]
+    assert store.total_bytes() == busy.info.held_bytes and store.ids_using("7") == [busy.id]
     store.drop_tombstone(idle.id)
     assert store.tombstone(idle.id, now=1000.0) is None
 
@@ -159,7 +160,7 @@ def test_memory_store_survives_a_graceful_restart(tmp_path):
     assert got.answer == b"\x00bytes" and got.answer_type == "t"
     assert torch.equal(second.get(other.id).hc, other.hc)
     assert second.tombstone(idle.id, now=31.0) == "key-a"
-    assert second.total_bytes() == rec.info.nbytes + other.info.nbytes
+    assert second.total_bytes() == rec.info.held_bytes + other.info.held_bytes
     # Loaded once: a crash later must not resurrect these states.
     assert not path.exists()
 
