@@ -85,7 +85,7 @@ FIELDS: dict[tuple[str, str], list[tuple[str, Callable[[str], dict] | None, Call
 NO_FIELDS = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/keys"),
              ("GET", "/v1/optimizers"), ("GET", "/v1/sessions"), ("GET", "/"), ("GET", "/ui"), ("GET", "/ui/"),
              ("GET", "/ui/login"), ("GET", "/ui/optimizers"), ("GET", "/ui/jobs"), ("GET", "/ui/jobs/new"),
-             ("GET", "/ui/sessions")}
+             ("GET", "/ui/sessions"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
 
 
 def routes() -> list[tuple[str, str]]:
