@@ -89,10 +89,18 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
         start, best_eval, history = resume.iteration, resume.best_eval, list(resume.history)
         best_weights = {k: v.to(device).clone() for k, v in resume.best_weights.items()}
 
+    def save(done: int) -> None:
+        on_resume_checkpoint(ResumeCheckpoint(
+            done, {k: v.detach().cpu().clone() for k, v in net.weights().items()},
+            copy.deepcopy(meta_opt.state_dict()), torch.get_rng_state(),
+            {k: v.cpu() for k, v in best_weights.items()}, best_eval, list(history)))
+
     began = time.perf_counter()
-    steps_done = 0
+    steps_done, saved = 0, start
     for it in range(start, settings.iterations):
         if should_stop is not None and should_stop():
+            if on_resume_checkpoint is not None and saved < it:
+                save(it)  # a stop loses no finished iteration
             raise MetaTrainingStopped(f"stopped before iteration {it + 1}")
         # Each iteration draws fresh instances from a seed of its own, so a resumed run sees the same ones.
         batch = family.sample(settings.instances, settings.seed * 1_000_033 + it, "train", device=device)
@@ -132,11 +140,11 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
         if progress is not None:
             progress(Progress(it + 1, settings.iterations, total / n_unrolls, eval_loss,
                               time.perf_counter() - began))
-        if on_resume_checkpoint is not None and ((it + 1) % settings.resume_every == 0):
-            on_resume_checkpoint(ResumeCheckpoint(
-                it + 1, {k: v.detach().cpu().clone() for k, v in net.weights().items()},
-                copy.deepcopy(meta_opt.state_dict()), torch.get_rng_state(),
-                {k: v.cpu() for k, v in best_weights.items()}, best_eval, list(history)))
+        # The last iteration too: a job stopped while evaluating resumes there, without training again.
+        if on_resume_checkpoint is not None and ((it + 1) % settings.resume_every == 0
+                                                 or it + 1 == settings.iterations):
+            save(it + 1)
+            saved = it + 1
     seconds = time.perf_counter() - began
     checkpoint = Checkpoint(config, {k: v.detach().cpu() for k, v in best_weights.items()})
     return MetaTrainResult(checkpoint, best_eval, history, seconds, steps_done)

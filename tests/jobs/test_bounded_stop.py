@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from service.metatrain import ResumeCheckpoint
 from service.registry.db import Database
 from tests.jobs.conftest import LEASE_S, POLL_S, get_job, tiny_spec, wait_for, wait_for_state
 from tests.jobs.test_recovery import make_job, read, versions_of, worker_process
@@ -22,8 +23,8 @@ SHUTDOWN_S = 15.0
 # One iteration runs 1,000 unrolls: tens of seconds, so a cancel must not wait for its end.
 LONG_ITERATION = {"training": {"iterations": 2, "horizon": 50_000, "unroll": 50, "eval_every": 2,
                                "resume_every": 1}}
-# One iteration of training (checkpointed), then an evaluation of tens of seconds.
-LONG_EVALUATION = {"training": {"iterations": 1, "eval_every": 1, "resume_every": 1},
+# One iteration of training (checkpointed at its end), then an evaluation of tens of seconds.
+LONG_EVALUATION = {"training": {"iterations": 1, "eval_every": 1, "resume_every": 5},
                    "evaluation": {"steps": 100_000}}
 PHASES = {"training": LONG_ITERATION, "evaluating": LONG_EVALUATION}
 
@@ -95,7 +96,7 @@ def test_sigterm_stops_a_worker_within_15_s_handing_its_job_back(settings, tmp_p
     handed = read(settings, job_id)
     assert handed.state == "queued" and handed.lease_owner is None, log.read_text()
     if phase == "evaluating":  # its training was checkpointed: a new worker evaluates without training again
-        assert handed.resume_checkpoint is not None
+        assert ResumeCheckpoint.from_bytes(handed.resume_checkpoint).iteration == handed.total_iterations
     assert versions_of(settings, job_id) == 0
 
 
