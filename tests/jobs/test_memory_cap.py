@@ -9,6 +9,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.process import run_in_process
+from tests.conftest import checkpoint_bytes
 from tests.jobs.conftest import tiny_spec, wait_for
 from tests.jobs.test_recovery import make_job, read
 
@@ -26,15 +27,25 @@ def settings(settings: Settings) -> Settings:
 
 
 def test_a_job_past_the_memory_cap_fails_and_the_api_lives_on(settings, client, make_key, train_headers, workers):
+    admin = {"Authorization": f"Bearer {make_key('admin')}"}
+    assert client.post("/v1/optimizers/held/versions", content=checkpoint_bytes(),
+                       headers={**admin, "Content-Type": "application/octet-stream"}).status_code == 201
+    session = client.post("/v1/sessions", json={"optimizer": "held", "shapes": {"w": [3]}}, headers=admin).json()
+
+    def step(n: int) -> int:
+        return client.post(f"/v1/sessions/{session['id']}/step", json={"step": n, "grads": {"w": [1.0, 2.0, 3.0]}},
+                           headers=admin).status_code
+
+    assert step(0) == 200
     job_id = make_job(settings, GREEDY)
     workers.start()
     wait_for(lambda: read(settings, job_id).state in ("failed", "succeeded", "cancelled"), timeout=120,
              what="the greedy job to end")
     job = read(settings, job_id)
     assert job.state == "failed" and "memory" in job.error and "L2O_JOB_MAX_MEMORY_BYTES" in job.error, job.error
-    # The API process (this one) answers as before.
+    # The API process (this one) answers as before, and its session carries on where it was.
     assert client.get("/healthz").status_code == 200
-    admin = {"Authorization": f"Bearer {make_key('admin')}"}
+    assert step(1) == 200
     assert client.get(f"/v1/jobs/{job_id}", headers=admin).json()["state"] == "failed"
     assert client.post("/v1/jobs", json=tiny_spec("next"), headers=train_headers).status_code == 201
 
