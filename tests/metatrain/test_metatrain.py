@@ -129,3 +129,42 @@ def test_cosine_meta_lr_schedule_decays_from_meta_lr_and_resumes_on_schedule():
     saved = []
     meta_train(family, config, cosine, on_resume_checkpoint=saved.append)
     assert meta_train(family, config, cosine, resume=saved[0]).checkpoint.digest == full.checkpoint.digest
+
+
+MIXTURE = dict(iterations=4, horizon=10, max_horizon=30, unroll=5, instances=2, eval_every=2, eval_instances=2,
+               eval_problems=2, meta_lr=3e-3, meta_loss="log", resume_every=2)
+MLP_CONFIG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=1, output_scale=3e-3)
+
+
+def test_the_feature_mlp_meta_trains_on_the_mixture_moves_its_weights_and_resumes_exactly():
+    family = make_family("mixture", max_coords=5_000)
+    settings = MetaTrainSettings(**MIXTURE)
+    horizons = {settings.horizon_at(i) for i in range(50)}
+    assert min(horizons) >= 5 and max(horizons) <= 30 and len(horizons) > 1 and all(h % 5 == 0 for h in horizons)
+    saved = []
+    full = meta_train(family, MLP_CONFIG, settings, on_resume_checkpoint=saved.append)
+    initial = CoordinatewiseLSTM(MLP_CONFIG, generator=torch.Generator().manual_seed(0)).weights()
+    assert not torch.equal(saved[-1].weights["head.weight"], initial["head.weight"].detach())
+    assert all(torch.isfinite(w).all() for w in saved[-1].weights.values())
+    assert all(torch.isfinite(torch.tensor(h["meta_loss"])) for h in full.history)
+    resumed = meta_train(family, MLP_CONFIG, settings, resume=type(saved[0]).from_bytes(saved[0].to_bytes()))
+    assert resumed.checkpoint.digest == full.checkpoint.digest
+
+
+def test_the_log_meta_loss_is_the_mean_log_loss_over_the_unroll():
+    batch = make_family("quadratic").sample(3, seed=0)
+    net = CoordinatewiseLSTM(MLP_CONFIG, generator=torch.Generator().manual_seed(0))
+    traj = Trajectory(batch.init_params(), init(MLP_CONFIG, 3 * batch.dim), 0)
+    meta, after = run_unroll(MLP_CONFIG, net.weights(), batch, traj, 4, meta_loss="log")
+    # Replay the same four steps and average log f(θ_t) for t = 1..4.
+    theta, state, logs = batch.init_params(), init(MLP_CONFIG, 3 * batch.dim), []
+    from service.lopt import step
+
+    for t in range(4):
+        _, grad = optimizee_gradient(batch, theta.detach(), t)
+        with torch.no_grad():
+            u, state = step(MLP_CONFIG, {k: v.detach() for k, v in net.weights().items()}, grad.reshape(-1), state)
+        theta = theta + u.view(3, -1)
+        logs.append(batch.loss(theta, t + 1).log().mean())
+    assert torch.allclose(meta.detach(), torch.stack(logs).mean(), rtol=1e-5)
+    assert after.step == 4

@@ -9,6 +9,7 @@ CASES = [
     ("mlp", {"hidden_sizes": [20, 20], "activation": "relu"}),
     ("logistic", {}),
     ("conv", {}),
+    ("mixture", {}),
 ]
 
 
@@ -65,3 +66,45 @@ def test_unknown_family_and_bad_params_are_named():
     with pytest.raises(ValueError, match="bad parameters"):
         make_family("quadratic", width=3)
     assert set(FAMILIES) >= {"quadratic", "mlp", "conv", "logistic"}
+
+
+def test_the_mixture_covers_every_kind_and_keeps_its_size_bound():
+    from service.tasks.mixture import KINDS
+
+    family = make_family("mixture", max_coords=20_000)
+    seen = set()
+    for seed in range(40):
+        spec = family.describe(seed)
+        seen.add(spec["kind"])
+        assert family.describe(seed) == spec  # a seed always draws the same problem
+        if spec["kind"] in ("mlp", "regression") and seed < 12:
+            batch = family.sample(4, seed)
+            assert batch.dim * 4 <= 20_000 or batch.description["width"] == 8
+            loss = batch.loss(batch.init_params(), 0)
+            assert loss.shape == (4,) and torch.isfinite(loss).all()
+    assert seen == set(KINDS)
+
+
+def test_rescaling_reparametrises_the_parameters_and_scales_the_loss():
+    """With param_scale c the model sees c·θ, so θ/c under it is θ unscaled; the gradient grows by c."""
+    import torch.nn.functional as F
+
+    from service.tasks.digits import Layout
+    from service.tasks.functional import Dataset, FunctionalBatch
+
+    layout = Layout((("w", (3, 4)), ("b", (3,))))
+    data = Dataset(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), torch.randint(0, 3, (64,)))
+
+    def loss_fn(p, x, y):
+        return F.cross_entropy(F.linear(x, p["w"], p["b"]), y, reduction="none")
+
+    def make(c, s):
+        return FunctionalBatch(layout, loss_fn, data, n_instances=2, seed=1, batch_size=16, param_scale=c, loss_scale=s)
+    plain, scaled = make(1.0, 1.0), make(4.0, 0.5)
+    assert torch.allclose(scaled.init_params() * 4.0, plain.init_params())
+    theta = torch.randn(2, layout.dim).requires_grad_()
+    theta_s = (theta.detach() / 4.0).requires_grad_()
+    assert torch.allclose(scaled.loss(theta_s, 3), plain.loss(theta, 3) * 0.5)
+    (g,) = torch.autograd.grad(plain.loss(theta, 3).sum(), theta)
+    (g_s,) = torch.autograd.grad(scaled.loss(theta_s, 3).sum(), theta_s)
+    assert torch.allclose(g_s, g * 4.0 * 0.5, rtol=1e-5, atol=1e-7)
