@@ -87,13 +87,17 @@ class ClientRun:
     round_trips: list[float] = field(default_factory=list)
 
 
-async def run_client(index: int, url: str, key: str, steps: int, drop: float, start: asyncio.Event) -> ClientRun:
+async def run_client(index: int, url: str, key: str, steps: int, drop: float, start: asyncio.Event,
+                     opened: asyncio.Queue) -> ClientRun:
     run = ClientRun(index)
     transport = DroppingTransport(drop, seed=index)
     digest = hashlib.sha256()
+    ready = False
     try:
         async with AsyncClient(url, key, transport=transport, max_retries=8) as l2o:
             session = await l2o.sessions.create(OPTIMIZER, SHAPES)
+            ready = True
+            opened.put_nowait(index)
             await start.wait()
             for i in range(steps):
                 began = time.perf_counter()
@@ -108,6 +112,8 @@ async def run_client(index: int, url: str, key: str, steps: int, drop: float, st
             await l2o.sessions.delete(session.id)
     except Exception as exc:  # a client's failure is a result to report, not a crash of the bench
         run.error = f"{type(exc).__name__}: {exc}"
+    if not ready:
+        opened.put_nowait(index)   # it will not step: the others need not wait for it
     run.updates_sha256 = digest.hexdigest()
     run.dropped, run.round_trips = transport.dropped, transport.round_trips
     return run
@@ -143,9 +149,10 @@ async def make_keys(url: str, admin_key: str, n: int) -> list[str]:
 
 async def load(url: str, admin_key: str, clients: int, steps: int, drop: float) -> tuple[list[ClientRun], float]:
     keys = await make_keys(url, admin_key, clients)
-    start = asyncio.Event()
-    tasks = [asyncio.create_task(run_client(i, url, keys[i], steps, drop, start)) for i in range(clients)]
-    await asyncio.sleep(0.5)  # every session opened: the timed part is the steps alone
+    start, opened = asyncio.Event(), asyncio.Queue()
+    tasks = [asyncio.create_task(run_client(i, url, keys[i], steps, drop, start, opened)) for i in range(clients)]
+    for _ in range(clients):   # every session opened (or its client failed): the timed part is the steps alone
+        await opened.get()
     began = time.perf_counter()
     start.set()
     runs = await asyncio.gather(*tasks)
