@@ -12,6 +12,7 @@ import httpx
 from service.app import create_app
 from service.registry import keys
 from tests.live_server import ServerThread
+from tests.record import record
 from tests.security.conftest import make_settings
 
 
@@ -39,3 +40,4 @@ def test_an_aborted_upload_logs_one_warning_line_and_no_traceback(tmp_path, sqli
     assert "disconnected" in warning.getMessage() and "/v1/optimizers/big/versions" in warning.getMessage()
     assert warning.exc_info is None and "\n" not in warning.getMessage()
     assert not any(r.exc_info for r in caplog.records)
+    record("disconnect:upload", warnings=1, errors=0)

@@ -12,6 +12,7 @@ import httpx
 from service.app import create_app
 from service.registry import keys
 from tests.live_server import ServerThread
+from tests.record import record
 from tests.security.conftest import SHAPES, ST_TYPE, bearer, grads, grads_body, make_settings
 from tests.security.test_malformed import DATA, grads_header, raw
 
@@ -62,6 +63,7 @@ def test_version_numbers_past_the_database_integer_are_a_422(client, optimizer, 
         r = client.get(f"/v1/optimizers/opt/versions/{version}", headers=optimize_headers)
         assert r.status_code == 422, r.text
     assert client.get("/v1/sessions", headers=optimize_headers).json() == []
+    record("numbers:versions", values=3, routes=3)
 
 
 def test_a_state_whose_version_has_thousands_of_digits_is_refused(client, session_id, optimize_headers):
@@ -117,3 +119,5 @@ def test_huge_step_numbers_from_one_key_never_fail_another_keys_steps(tmp_path, 
         good, bad = asyncio.run(run())
     assert good == [200] * 100, sorted(set(good))
     assert bad == [422] * 100, sorted(set(bad))
+    record("numbers:concurrent", other_key_steps=len(good), other_key_ok=good.count(200), huge_steps=len(bad),
+           huge_422=bad.count(422))

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from service.registry import keys
 from tests.conftest import ALL_SCOPES
+from tests.record import record
 from tests.security.conftest import bearer
 
 
@@ -44,6 +45,7 @@ def test_a_key_revoked_through_the_api_is_refused_during_an_outage(app, client, 
         r = client.get("/v1/sessions", headers=bearer(user))
     assert r.status_code in (401, 503), r.text
     assert r.json()["error"]["code"] in ("unauthorized", "database_not_ready")
+    record("revocation:api", status_during_outage=r.status_code)
 
 
 def test_a_key_revoked_elsewhere_is_refused_during_an_outage_once_refused_here(app, client, make_key):
