@@ -245,7 +245,8 @@ def rows(records: dict[str, list[dict]], load: dict[str, Any] | None) -> list[Ro
             f"{s(memory.get('requests'))} requests",
             f"the server's resident memory (current, sampled every millisecond) {mib(memory.get('baseline'))} "
             f"before, at most {mib(memory.get('peak'))} meanwhile: {mib(memory.get('growth'))} of growth",
-            ["tests/security/test_malformed.py::test_lying_sizes", "tests/security/test_malformed.py::test_the_sampler"]),
+            ["tests/security/test_malformed.py::test_lying_sizes",
+             "tests/security/test_malformed.py::test_the_sampler"]),
         Row("attack", "bodies over the limit sent chunked (no Content-Length), offering 1 GiB",
             f"{len(limits)} routes ({', '.join(r['path'] for r in limits) or '?'})",
             "413 payload_too_large naming the setting; the app read at most "
