@@ -34,14 +34,15 @@ from service.api.body import BodyLimitMiddleware
 from service.api.key_cache import KeyCache
 from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
-from service.api.shortcut import StepShortcut
 from service.api.streams import StreamSlots
 from service.config import Settings
 from service.errors import DatabaseNotReady, L2OError
+from service.jobs.lifespan import jobs_lifespan
 from service.metrics import MetricsMiddleware
 from service.registry import bootstrap, migrate
 from service.registry.db import Database
 from service.registry.service import never_in_use
+from service.sessions.lifespan import sessions_lifespan
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def start_registry(settings: Settings, db: Database) -> None:
 # Sessions first: routes are matched in order, and a step is the request whose latency users feel.
 ROUTERS = [sessions.router, health.router, optimizers.router, keys.router, jobs.router, dashboard.router,
            docs.router]
-COMPONENTS: list[Component] = [registry_component, rate_limit_component, sessions.sessions_component,
-                               jobs.jobs_component]
+COMPONENTS: list[Component] = [registry_component, rate_limit_component, sessions_lifespan, jobs_lifespan]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -101,7 +101,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = None  # set by rate_limit_component when L2O_RATE_LIMIT_PER_S > 0
     app.state.key_cache = KeyCache(settings.auth_grace_s)
     app.state.event_streams = StreamSlots(settings.events_max_per_key, settings.events_max_total)
-    app.add_middleware(StepShortcut)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware)
     for router in ROUTERS:

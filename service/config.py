@@ -26,6 +26,8 @@
     L2O_STEP_DEVICE       torch device steps run on: `cpu` (default), `cuda`, `cuda:N`, or `auto` (cuda when
                           available); the memory store keeps session states in that device's memory, Redis on
                           the host (they cross to the GPU and back at each step)
+    L2O_KERNEL            the CPU step: `auto` (default: the native operator, built at start-up, where a C++
+                          compiler is present, else torch), `native` (fail to start without it) or `torch`
     L2O_MAX_BODY_BYTES    largest body of any other request (JSON specs: keys, aliases, jobs), else 413 (default: 1 MiB)
     L2O_HEADER_TIMEOUT_S  a request's header must arrive in full within this many seconds of its first byte, else
                           408 and the connection is closed (default: 10)
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
     session_max_name_bytes: int = Field(default=1024**2, ge=1)
     session_max_shape_entries: int = Field(default=65_536, ge=1)
     step_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
-    step_batching: bool = True
+    kernel: Literal["auto", "native", "torch"] = "auto"
     step_device: str = Field(default="cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     header_timeout_s: float = Field(default=10.0, gt=0)

@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
@@ -33,7 +32,7 @@ from service.api.streams import StreamSlot
 from service.config import Settings
 from service.jobs import repository as repo
 from service.jobs import service as jobs
-from service.jobs.executor import Executor, make_executor
+from service.jobs.executor import Executor
 from service.jobs.price import JobLimits
 from service.jobs.spec import JobSpec
 from service.registry.db import Database
@@ -46,16 +45,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_S = 15.0
 
 
-@asynccontextmanager
-async def jobs_component(app: FastAPI) -> AsyncIterator[None]:
-    """Start the executor with the app; on shutdown the embedded one hands its running job back."""
-    executor = make_executor(app.state.settings, app.state.db)
-    await executor.start()
-    app.state.jobs = executor
-    try:
-        yield
-    finally:
-        await executor.stop()
 
 
 @router.post("", status_code=201)

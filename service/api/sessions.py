@@ -13,31 +13,17 @@ Every route needs a key with the `optimize` scope; a session is visible only to 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated
 
-import anyio
 import pydantic
-import torch
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.api.body import read_body
 from service.api.deps import AppSettings, OptimizeKey
 from service.api.schemas import SessionCreate, SessionOut
-from service.config import Settings
 from service.errors import UnsupportedMediaType, ValidationError
-from service.lopt import OptimizerConfig, kernel
-from service.lopt.device import resolve_device
 from service.sessions import wire
-from service.sessions.service import STATE_TYPE, SessionLimits, SessionService
-from service.sessions.store import open_store
-from service.sessions.versions import RegistryVersions
-
-log = logging.getLogger(__name__)
+from service.sessions.service import STATE_TYPE, SessionService
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -155,33 +141,3 @@ async def export_state(session_id: str, key: OptimizeKey, sessions: Sessions) ->
     data = await sessions.export_state(str(key.id), session_id)
     return Response(data, media_type=STATE_TYPE, headers={
         **NO_STORE, "Content-Disposition": f'attachment; filename="{session_id}.state.safetensors"'})
-
-
-@asynccontextmanager
-async def sessions_component(app: FastAPI) -> AsyncIterator[None]:
-    """Open the session store, serve sessions, sweep idle ones; on shutdown close the store (the memory
-    store saves every session to the data dir then, and loads them on the next start)."""
-    settings: Settings = app.state.settings
-    if settings.session_store == "memory" and settings.workers > 1:
-        raise RuntimeError(f"L2O_WORKERS={settings.workers} needs a shared session store: set "
-                           "L2O_SESSION_STORE=redis://... (the memory store lives in one process)")
-    store = open_store(settings.session_store, data_dir=settings.data_dir.expanduser(),
-                       key_prefix=settings.session_key_prefix)
-    await anyio.to_thread.run_sync(store.open)
-    device = torch.device(resolve_device(settings.step_device, "L2O_STEP_DEVICE"))
-    # Build (or load from the on-disk cache) the step kernel now, so no first step stalls on a compile.
-    app.state.kernel_warmup_s = await anyio.to_thread.run_sync(kernel.warmup, OptimizerConfig(), device)
-    log.info("step kernel ready (%s on %s) in %.3f s", kernel.backend(OptimizerConfig(), device), device,
-             app.state.kernel_warmup_s)
-    sessions = SessionService(store, RegistryVersions(app.state.db), SessionLimits.from_settings(settings),
-                              batching=settings.step_batching, device=device)
-    app.state.sessions = sessions
-    app.state.is_version_in_use = sessions.is_version_in_use
-    sweeper = asyncio.create_task(sessions.run_sweeper())
-    try:
-        yield
-    finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        await anyio.to_thread.run_sync(store.close)

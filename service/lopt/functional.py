@@ -14,32 +14,11 @@ import torch
 
 from service.lopt import feature_mlp
 from service.lopt.config import OptimizerConfig
-from service.lopt.preprocess import preprocess
+from service.lopt.kernel import step_inference
+from service.lopt.lstm import step_autograd
 from service.lopt.state import LSTMState, init
 
-__all__ = ["init", "step", "step_autograd", "LearnedOptimizer"]
-
-
-def step_autograd(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
-                  state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-    """Differentiable step over every coordinate at once (grads: (N,), any float dtype)."""
-    x = preprocess(grads.to(torch.float32), config.preprocess, config.preprocess_p)
-    hc = state.hc.to(torch.float32)
-    new_layers = []
-    inp = x
-    for layer in range(config.num_layers):
-        h, c = hc[:, layer, 0], hc[:, layer, 1]
-        gates = torch.addmm(weights[f"cell.{layer}.bias"], torch.cat([inp, h], dim=1),
-                            weights[f"cell.{layer}.weight"].t())
-        i, f, g, o = gates.chunk(4, dim=1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        new_layers.append(torch.stack([h_new, c_new], dim=1))
-        inp = h_new
-    out = torch.addmm(weights["head.bias"], inp, weights["head.weight"].t()).squeeze(-1)
-    updates = out * config.output_scale
-    new_hc = torch.stack(new_layers, dim=1).to(state.hc.dtype)
-    return updates, LSTMState(new_hc)
+__all__ = ["init", "step", "step_autograd"]
 
 
 def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
@@ -59,21 +38,4 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
         grads.requires_grad or state.hc.requires_grad or any(w.requires_grad for w in weights.values()))
     if needs_grad:
         return step_autograd(config, weights, grads, state)
-    from service.lopt.kernel import step_inference
-
     return step_inference(config, weights, grads, state)
-
-
-class LearnedOptimizer:
-    """A config bound to `init` and `step`, for callers that keep one optimizer around."""
-
-    def __init__(self, config: OptimizerConfig) -> None:
-        self.config = config
-
-    def init(self, n_coords: int, *, dtype: torch.dtype = torch.float32,
-             device: torch.device | str | None = None) -> LSTMState:
-        return init(self.config, n_coords, dtype=dtype, device=device)
-
-    def step(self, weights: dict[str, torch.Tensor], grads: torch.Tensor,
-             state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-        return step(self.config, weights, grads, state)

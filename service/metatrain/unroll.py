@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from service.lopt import LSTMState, OptimizerConfig, step
-from service.lopt.fused import from_columns, step_columns, to_columns
 from service.tasks.base import TaskBatch
 
 
@@ -46,29 +45,6 @@ def run_unroll(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch:
     meta_loss "sum" is the paper's Σ f(θ_t); "log" is the mean of log f(θ_t), which weighs a problem's
     relative progress the same whatever its loss scale (a mixture of problems needs that).
     """
-    if config.architecture != "lstm" or meta_loss != "sum":
-        return _run_unroll_functional(config, weights, batch, traj, unroll, meta_loss)
-    theta = traj.theta
-    if not theta.requires_grad:
-        theta = theta.detach().requires_grad_()
-    b, d = theta.shape
-    # The state travels through the unroll with coordinates along its contiguous axis (see lopt.fused).
-    hc = to_columns(traj.state)
-    meta_loss = theta.new_zeros(())
-    for t in range(unroll):
-        loss, grad = optimizee_gradient(batch, theta, traj.step + t)
-        if t > 0:
-            meta_loss = meta_loss + loss.mean()
-        updates, hc = step_columns(config, weights, grad.reshape(-1), hc)
-        theta = theta + updates.view(b, d)
-    final = batch.loss(theta, traj.step + unroll)
-    meta_loss = meta_loss + final.mean()
-    return meta_loss, Trajectory(theta, from_columns(hc, traj.state.hc.dtype), traj.step + unroll)
-
-
-def _run_unroll_functional(config: OptimizerConfig, weights: dict[str, torch.Tensor], batch: TaskBatch,
-                           traj: Trajectory, unroll: int, meta_loss: str) -> tuple[torch.Tensor, Trajectory]:
-    """The same unroll through `lopt.step`'s differentiable definition, for any architecture and meta-loss."""
     theta = traj.theta
     if not theta.requires_grad:
         theta = theta.detach().requires_grad_()

@@ -1,7 +1,6 @@
 """The step service: sessions that pin an optimizer version and hold its LSTM state between HTTP calls.
 
-    step:  api/sessions.py -> SessionService.step -> StepBatcher -> _step_many: _prepare (checks) ->
-           kernel.step_inference_many (one LSTM call per optimizer version) -> _finish: store.commit_step
+    step:  api/sessions.py -> SessionService.step -> _step: checks -> kernel.step_inference_ -> store.commit_step
 
 A step request carries the number of steps the session has applied so far, which makes it safe to retry:
 
@@ -10,11 +9,11 @@ A step request carries the number of steps the session has applied so far, which
     anything else               409 step_conflict, naming the step expected
 
 Steps on one session run one at a time, in arrival order (turns.py: a lock per session); steps on
-different sessions run concurrently, and those that arrive while the LSTM is busy are batched into
-one call (batcher.py; off with batching=False, then each runs `_step`). Store calls and torch work run
-on worker threads, except small steps on the memory store (bodies up to INLINE_BYTES), which run on the
-event loop: there a thread round trip costs more than the step. Every check runs before anything is
-written, so a refused request leaves the session as it was.
+different sessions run concurrently. Store calls and torch work run on worker threads, except small
+steps on the memory store (bodies up to INLINE_BYTES), which run on the event loop: there a thread round
+trip costs more than the step. Every check runs before anything is written, so a refused request leaves
+the session as it was. (Batching concurrent sessions into one kernel call measured 0.93-1.57x over
+several runs of bench/step.py, not a steady gain, so each step is its own call.)
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 import torch
@@ -50,7 +49,6 @@ from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig
 from service.lopt.tensors import all_finite
 from service.registry.names import MAX_VERSION
 from service.sessions import wire
-from service.sessions.batcher import StepBatcher
 from service.sessions.record import STATE_DTYPES, SessionInfo, SessionRecord, description_bytes
 from service.sessions.store import SessionStore
 from service.sessions.turns import SessionTurns
@@ -92,33 +90,10 @@ class Answer:
     content_type: str
 
 
-class StepRequest(NamedTuple):   # a tuple: made for every step, and cheaper to make than a dataclass
-    owner: str
-    session_id: str
-    body: bytes | bytearray
-    fmt: WireFormat
-
-
-class PendingStep(NamedTuple):
-    """A checked step request, ready for the LSTM: where its results go, and what commits them."""
-
-    record: SessionRecord
-    fmt: WireFormat
-    now: float
-    config: OptimizerConfig
-    weights: dict[str, torch.Tensor]
-    grads: torch.Tensor          # these four on the step device
-    state: torch.Tensor
-    out_state: torch.Tensor
-    updates: torch.Tensor
-    keep: torch.Tensor           # the new state as the store commits it: out_state itself, or a host copy
-    answer: wire.SafetensorsAnswer | None   # a binary answer's body, allocated before the step
-
-
 class SessionService:
     def __init__(self, store: SessionStore, versions: VersionSource, limits: SessionLimits = SessionLimits(), *,
-                 clock: Callable[[], float] = time.time, batching: bool = True,
-                 device: torch.device | str = "cpu") -> None:
+                 clock: Callable[[], float] = time.time, device: torch.device | str = "cpu",
+                 kernel: str = "auto") -> None:
         self.store = store
         # Where the LSTM runs, and where states live when the store keeps tensors (the memory store): then
         # a GPU step moves only gradients in and updates out. A store of bytes (Redis) holds them on the host.
@@ -129,13 +104,12 @@ class SessionService:
         self.clock = clock
         self._weights: dict[str, tuple[OptimizerConfig, dict[str, torch.Tensor]]] = {}  # by digest
         self._weights_lock = threading.Lock()
+        self.kernel = kernel   # kernel.KERNELS: "auto", "native" or "torch" (L2O_KERNEL)
         self._turns = SessionTurns()   # one step at a time per session, in arrival order
-        # Steps of different sessions that arrive together run as one LSTM call (bit-identical to
-        # running them one by one); off, each step is its own call.
-        # Small steps on a memory store run on the event loop (see StepBatcher.inline_bytes); a Redis
-        # store's calls wait on the network, so its steps always go to a worker thread.
+        # Small steps on a memory store run on the event loop: handing them to a worker thread and back
+        # costs more than the work. A Redis store's calls wait on the network, so its steps always go
+        # to a worker thread.
         self.inline_bytes = INLINE_BYTES if store.keeps_tensors and self.device.type == "cpu" else 0
-        self.batcher = StepBatcher(self._step_many, inline_bytes=self.inline_bytes) if batching else None
 
     # --- sessions ------------------------------------------------------------------------------------------
 
@@ -171,8 +145,6 @@ class SessionService:
     async def step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
         # The lock is taken before anything is awaited, so steps queue in the order they arrived.
         async with self._turns.of(session_id):
-            if self.batcher is not None:
-                return await self.batcher.submit(StepRequest(str(owner), session_id, body, fmt))
             if len(body) <= self.inline_bytes:
                 return self._step(str(owner), session_id, body, fmt)
             return await anyio.to_thread.run_sync(self._step, str(owner), session_id, body, fmt)
@@ -296,44 +268,7 @@ class SessionService:
         return wire.write_safetensors({"hc": record.hc}, meta)
 
     def _step(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> Answer:
-        result = self._step_many([StepRequest(owner, session_id, body, fmt)])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def _step_many(self, requests: Sequence[StepRequest]) -> list[Answer | Exception]:
-        """Steps of different sessions as one LSTM call per optimizer version (the batcher's work). Each
-        request's answer is what it gets alone, bit for bit; one request's error (returned in its
-        place) leaves the others untouched."""
-        results: list[Answer | Exception | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, PendingStep]]] = {}
-        for i, r in enumerate(requests):
-            try:
-                work = self._prepare(r.owner, r.session_id, r.body, r.fmt)
-            except Exception as exc:   # whatever one request sends fails that request alone
-                results[i] = exc
-                continue
-            if isinstance(work, Answer):
-                results[i] = work
-            else:
-                groups.setdefault(work.record.info.digest, []).append((i, work))
-        for group in groups.values():
-            config, weights = group[0][1].config, group[0][1].weights
-            finite = kernel.step_inference_many(config, weights, [
-                kernel.Segment(w.grads, LSTMState(w.state), w.out_state, w.updates) for _, w in group])
-            for (i, work), ok in zip(group, finite, strict=True):
-                try:
-                    if not ok:
-                        raise non_finite(work.record.info.shapes, work.grads)
-                    results[i] = self._finish(work)
-                except L2OError as exc:
-                    results[i] = exc
-        return results  # type: ignore[return-value]  # every slot is filled above
-
-    def _prepare(self, owner: str, session_id: str, body: bytes | bytearray, fmt: WireFormat) -> PendingStep | Answer:
-        """Every check of a step request before anything is written: the work to do, or the answer
-        itself when the request is a retry of the last step. (Finiteness is checked by the kernel, as
-        it reads the gradients; a step with a NaN or infinite gradient is discarded before its commit.)"""
+        """Every check first, then the LSTM, then one commit: the answer, or an L2OError with nothing written."""
         message = wire.decode(body, fmt)
         now = self.clock()
         record = self._live_record(owner, session_id, now)
@@ -341,9 +276,9 @@ class SessionService:
         if message.step not in (count, count - 1):
             raise step_conflict(message.step, count)
         flat = flatten_grads(record.info.shapes, message)
+        if not all_finite(flat):
+            raise non_finite(record.info.shapes, flat)
         if message.step == count - 1:
-            if not all_finite(flat):
-                raise non_finite(record.info.shapes, flat)
             return self._replay(record, fmt)
         config, weights = self._load_weights(record.info.version_id, record.info.digest)
         # The new state goes into a buffer the store keeps for this session: the old state stays
@@ -354,7 +289,6 @@ class SessionService:
         on_host = self.device.type == "cpu"
         state = record.hc if on_host else record.hc.to(self.device, non_blocking=True)
         out = buffer if buffer.device == self.device else torch.empty_like(state)
-        keep = out if self.store.keeps_tensors else buffer
         # A binary answer is allocated now, and a CPU step writes its updates straight into it.
         answer = wire.SafetensorsAnswer(record.info.shapes, count + 1) if fmt is WireFormat.SAFETENSORS else None
         if answer is not None and on_host:
@@ -362,23 +296,22 @@ class SessionService:
         else:
             updates = torch.empty(flat.shape[0], dtype=torch.float32, device=self.device)
         grads = flat if on_host else flat.to(self.device, non_blocking=True)
-        return PendingStep(record, fmt, now, config, weights, grads, state, out, updates, keep, answer)
-
-    def _finish(self, work: PendingStep) -> Answer:
-        record, fmt, count = work.record, work.fmt, work.record.info.step
-        if work.keep is not work.out_state:
-            work.keep.copy_(work.out_state)
-        if work.answer is not None:
-            if work.updates is not work.answer.values:
-                work.answer.values.copy_(work.updates)
-            body: bytes | bytearray = work.answer.body
+        kernel.step_inference_(config, weights, grads, LSTMState(state), out_state=out, out_updates=updates,
+                               kernel=self.kernel)
+        keep = out if self.store.keeps_tensors else buffer
+        if keep is not out:
+            keep.copy_(out)
+        if answer is not None:
+            if updates is not answer.values:
+                answer.values.copy_(updates)
+            body_out: bytes | bytearray = answer.body
         else:
-            body = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, work.updates.cpu())), fmt)
-        if self.store.commit_step(record.id, expected_step=count, hc=work.keep, answer=body,
-                                  answer_type=fmt.content_type, used_at=work.now):
-            return Answer(body, fmt.content_type)
+            body_out = wire.encode(StepMessage(count + 1, split_updates(record.info.shapes, updates.cpu())), fmt)
+        if self.store.commit_step(record.id, expected_step=count, hc=keep, answer=body_out,
+                                  answer_type=fmt.content_type, used_at=now):
+            return Answer(body_out, fmt.content_type)
         # Another API process applied this step first: answer as if this request had come after it.
-        current = self._live_record(record.info.owner, record.id, work.now)
+        current = self._live_record(owner, record.id, now)
         if current.info.step == count + 1:
             return self._replay(current, fmt)
         raise step_conflict(count, current.info.step)

@@ -12,14 +12,12 @@ is one call here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 
 from service.sessions.record import SessionInfo, SessionRecord
 
 TOMBSTONE_TTL_S = 7 * 24 * 3600.0  # how long an expired session is remembered as expired, not unknown
-SNAPSHOT_FILE = "sessions.safetensors"
 
 
 class SessionStore(ABC):
@@ -85,18 +83,3 @@ class SessionStore(ABC):
     @abstractmethod
     def total_bytes(self) -> int:
         """Bytes of LSTM state held for every session."""
-
-
-def open_store(url: str, *, data_dir: Path | None = None, key_prefix: str = "l2o:") -> SessionStore:
-    """The store an `L2O_SESSION_STORE` value names."""
-    from service.errors import ValidationError
-
-    if url == "memory":
-        from service.sessions.memory_store import MemoryStore
-
-        return MemoryStore(snapshot=data_dir / SNAPSHOT_FILE if data_dir is not None else None)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from service.sessions.redis_store import RedisStore
-
-        return RedisStore.from_url(url, prefix=key_prefix)
-    raise ValidationError(f"L2O_SESSION_STORE must be 'memory' or a redis:// URL, got {url!r}")

@@ -1,6 +1,8 @@
-"""The inference kernel, on every backend: agreement with step_autograd and nn.LSTMCell, batch
-invariance, inputs left alone, the in-place variant, half-precision state and bad inputs."""
+"""The inference kernel, on both implementations: agreement with step_autograd and nn.LSTMCell, bits
+that do not depend on offsets or threads, inputs left alone, the in-place variant, half-precision state,
+bad inputs, and the torch path where the native operator cannot be built."""
 
+import logging
 import os
 import platform
 
@@ -10,7 +12,7 @@ import torch
 from bench.reference import ReferenceLSTM
 from service.lopt import CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, native, state_nbytes
 from service.lopt.functional import step_autograd
-from service.lopt.kernel import BLOCK, padded_len, step_inference, step_inference_
+from service.lopt.kernel import step_inference, step_inference_
 
 CONFIGS = [
     OptimizerConfig(),
@@ -20,7 +22,7 @@ CONFIGS = [
 
 
 @pytest.fixture(params=["native", "torch"])
-def backend(request, monkeypatch):
+def backend(request):
     """Runs the test once per implementation. Without a C compiler the native half is skipped, or
     fails when CI=true."""
     if request.param == "native":
@@ -30,7 +32,6 @@ def backend(request, monkeypatch):
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(f"the native kernel cannot be built and CI=true: {exc}")
             pytest.skip(f"the native kernel cannot be built here: {exc}")
-    monkeypatch.setenv("L2O_KERNEL", request.param)
     return request.param
 
 
@@ -48,19 +49,13 @@ def inputs(config, n, seed=1, dtype=torch.float32):
     return grads, LSTMState(hc)
 
 
-def test_padded_len_rounds_up_to_whole_blocks():
-    assert [padded_len(n) for n in (0, 1, BLOCK - 1, BLOCK, BLOCK + 1)] == [0, BLOCK, BLOCK, BLOCK, 2 * BLOCK]
-    with pytest.raises(ValueError):
-        padded_len(-1)
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "h7-l1-none", "h8-l3"])
 def test_matches_step_autograd_and_the_lstmcell_reference(backend, config):
     weights = make(config)
     grads, state = inputs(config, 1003)
-    assert kernel.backend(config) == backend
+    assert kernel.backend(config, kernel=backend) == backend
     for _ in range(3):  # several steps, so errors in the state would compound
-        u, new = step_inference(config, weights, grads, state)
+        u, new = step_inference(config, weights, grads, state, kernel=backend)
         u_auto, s_auto = step_autograd(config, weights, grads, state)
         u_ref, hc_ref = ReferenceLSTM(config, weights).step(grads, state.hc)
         torch.testing.assert_close(u, u_auto.detach(), rtol=1e-5, atol=1e-6)
@@ -68,22 +63,6 @@ def test_matches_step_autograd_and_the_lstmcell_reference(backend, config):
         torch.testing.assert_close(u, u_ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(new.hc, hc_ref, rtol=1e-5, atol=1e-6)
         state, grads = new, torch.randn(1003)
-
-
-@pytest.mark.parametrize("n", [1, 37, BLOCK + 5])
-def test_batch_invariant_for_block_aligned_slices(backend, n):
-    """A slice's updates and new state are bit-identical alone and behind k blocks of others."""
-    config = OptimizerConfig()
-    weights = make(config)
-    grads, state = inputs(config, n)
-    u_alone, s_alone = step_inference(config, weights, grads, state)
-    for k, after in ((1, 0), (2, 123)):
-        others, other_state = inputs(config, k * BLOCK + after, seed=k + 10)
-        g = torch.cat([others[: k * BLOCK], grads, others[k * BLOCK:]])
-        hc = torch.cat([other_state.hc[: k * BLOCK], state.hc, other_state.hc[k * BLOCK:]])
-        u, s = step_inference(config, weights, g, LSTMState(hc))
-        assert torch.equal(u[k * BLOCK: k * BLOCK + n], u_alone)
-        assert torch.equal(s.hc[k * BLOCK: k * BLOCK + n], s_alone.hc)
 
 
 def require_native(config):
@@ -95,9 +74,8 @@ def require_native(config):
         pytest.skip(f"the native kernel cannot be built here: {exc}")
 
 
-def test_native_kernel_is_invariant_to_offset_and_thread_count(monkeypatch):
-    """Stronger than the contract: any offset, and any number of threads, give the same bits."""
-    monkeypatch.setenv("L2O_KERNEL", "native")
+def test_native_kernel_is_invariant_to_offset_and_thread_count():
+    """Any offset, and any number of torch threads, give the same bits."""
     config = OptimizerConfig()
     require_native(config)
     weights = make(config)
@@ -116,21 +94,9 @@ def test_native_kernel_is_invariant_to_offset_and_thread_count(monkeypatch):
         assert torch.equal(u, u1[start:stop]) and torch.equal(s.hc, s1.hc[start:stop])
 
 
-def test_native_kernel_shares_a_thousand_coordinates_between_threads(monkeypatch):
-    """Threads claim work in units: a unit as large as a whole small step would leave the second
-    thread idle for it (a 1,000-coordinate step took twice as long on an AVX-512 machine)."""
-    monkeypatch.setenv("L2O_KERNEL", "native")
-    config = OptimizerConfig()
-    require_native(config)
-    kernel_ = native.load(config)
-    assert 0 < kernel_.unit_coords <= 500
-    assert kernel_.unit_coords % kernel_.lanes == 0
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_native_kernel_streams_large_outputs_with_the_same_bits(monkeypatch, dtype):
+def test_native_kernel_streams_large_outputs_with_the_same_bits(dtype):
     """Outputs past 32 MB are written around the cache; the bits must not change."""
-    monkeypatch.setenv("L2O_KERNEL", "native")
     config = OptimizerConfig()
     require_native(config)
     weights = make(config)
@@ -149,13 +115,12 @@ def test_native_kernel_for_narrower_vector_units_agrees_too(march):
     """The same source built for AVX2 (8 lanes) and plain SSE2 (4 lanes), as on older servers."""
     config = OptimizerConfig()
     require_native(config)
-    arch = native.Arch.of(config)
-    fn = native.NativeKernel(arch, native.build(arch, march=march))
+    fn = native.load(config, march=march)
     assert fn.lanes == {"x86-64-v3": 8, "x86-64": 4}[march]
     weights = make(config)
     grads, state = inputs(config, 203)
     out, updates = torch.empty_like(state.hc), torch.empty(203)
-    fn.run(config, weights, grads, state.hc, out, updates, threads=2)
+    fn.run(config, weights, grads, state.hc, out, updates)
     u_auto, s_auto = step_autograd(config, weights, grads, state)
     torch.testing.assert_close(updates, u_auto.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out, s_auto.hc.detach(), rtol=1e-5, atol=1e-6)
@@ -167,7 +132,7 @@ def test_step_leaves_its_inputs_unchanged(backend, dtype):
     weights = make(config)
     grads, state = inputs(config, 300, dtype=dtype)
     before = (grads.clone(), state.hc.clone(), {k: v.clone() for k, v in weights.items()})
-    _, new = step_inference(config, weights, grads, state)
+    _, new = step_inference(config, weights, grads, state, kernel=backend)
     assert new.hc.data_ptr() != state.hc.data_ptr()
     assert torch.equal(grads, before[0]) and torch.equal(state.hc, before[1])
     assert all(torch.equal(weights[k], v) for k, v in before[2].items())
@@ -177,15 +142,16 @@ def test_in_place_variant_writes_into_the_given_buffers(backend):
     config = OptimizerConfig()
     weights = make(config)
     grads, state = inputs(config, 500)
-    u_ref, s_ref = step_inference(config, weights, grads, state)
+    u_ref, s_ref = step_inference(config, weights, grads, state, kernel=backend)
 
     buffer, updates = torch.empty_like(state.hc), torch.full((500,), float("nan"))
-    u, s = step_inference_(config, weights, grads, state, out_state=buffer, out_updates=updates)
+    u, s = step_inference_(config, weights, grads, state, out_state=buffer, out_updates=updates,
+                           kernel=backend)
     assert s.hc is buffer and u is updates
     assert torch.equal(updates, u_ref) and torch.equal(buffer, s_ref.hc)
 
     own = state.hc.clone()
-    u, s = step_inference_(config, weights, grads, LSTMState(own))
+    u, s = step_inference_(config, weights, grads, LSTMState(own), kernel=backend)
     assert s.hc is own and torch.equal(own, s_ref.hc) and torch.equal(u, u_ref)
 
 
@@ -194,8 +160,8 @@ def test_half_precision_state_computes_in_float32_and_rounds_once(backend, dtype
     config = OptimizerConfig()
     weights = make(config)
     grads, state = inputs(config, 777, dtype=dtype)
-    u, new = step_inference(config, weights, grads, state)
-    u32, new32 = step_inference(config, weights, grads, LSTMState(state.hc.to(torch.float32)))
+    u, new = step_inference(config, weights, grads, state, kernel=backend)
+    u32, new32 = step_inference(config, weights, grads, LSTMState(state.hc.to(torch.float32)), kernel=backend)
     assert new.hc.dtype == dtype
     assert torch.equal(u, u32)
     assert torch.equal(new.hc, new32.hc.to(dtype))
@@ -207,7 +173,7 @@ def test_a_non_finite_gradient_stays_in_its_own_coordinate(backend):
     weights = make(config)
     grads, state = inputs(config, 64)
     grads[3], grads[40] = float("nan"), float("inf")
-    u, new = step_inference(config, weights, grads, state)
+    u, new = step_inference(config, weights, grads, state, kernel=backend)
     u_ref, hc_ref = ReferenceLSTM(config, weights).step(grads, state.hc)
     assert torch.equal(u.isnan(), u_ref.isnan()) and u[3].isnan()
     assert torch.equal(new.hc.isnan(), hc_ref.isnan())
@@ -217,7 +183,7 @@ def test_a_non_finite_gradient_stays_in_its_own_coordinate(backend):
     torch.testing.assert_close(u[40], u_ref[40], rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
-def test_bad_inputs_are_rejected_with_a_clear_message(monkeypatch):
+def test_bad_inputs_are_rejected_with_a_clear_message():
     config = OptimizerConfig()
     weights = make(config)
     grads, state = inputs(config, 10)
@@ -233,41 +199,57 @@ def test_bad_inputs_are_rejected_with_a_clear_message(monkeypatch):
         step_inference_(config, weights, grads, state, out_state=torch.empty_like(state.hc, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="contiguous"):
         step_inference_(config, weights, grads, state, out_state=torch.empty(2, 2, 20, 10).permute(3, 0, 1, 2))
-    monkeypatch.setenv("L2O_KERNEL", "fast")
-    with pytest.raises(ValueError, match="L2O_KERNEL"):
-        step_inference(config, weights, grads, state)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        step_inference(config, weights, grads, state, kernel="fast")
 
 
-def test_warmup_loads_the_kernel_for_its_architecture(tmp_path, monkeypatch):
-    monkeypatch.setenv("L2O_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setattr(native, "_kernels", {})
+def test_warmup_builds_the_operator_for_its_architecture():
     config = OptimizerConfig(hidden_size=12)
+    require_native(config)
     assert kernel.warmup(config) > 0
-    if kernel.backend(config) == "native":
-        assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+    assert kernel.backend(config) == "native"
+    assert native.Arch.of(config).name("native") in [lib for lib in dir(torch.ops) if lib.startswith("l2o_")]
     u, s = step_inference(config, make(config), *inputs(config, 20))
     assert u.shape == (20,) and s.hc.shape == (20, 2, 2, 12)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_a_batched_step_reports_which_segments_had_non_finite_gradients(backend, bad):
-    """The native kernel checks the gradients as it reads them; the other paths check them first.
-    Either way the flag is per segment, and the other segments' results are their own."""
+def test_without_a_compiler_steps_run_on_the_torch_path_and_say_so_once(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: No such file or directory")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(native, "_kernels", {})
+    config = OptimizerConfig(hidden_size=6)
+    weights = make(config)
+    grads, state = inputs(config, 30)
+    with caplog.at_level(logging.WARNING, logger=native.__name__):
+        assert kernel.backend(config) == "torch"
+        u, new = step_inference(config, weights, grads, state)
+        kernel.warmup(config)
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "native LSTM kernel unavailable, steps run on the torch path"]
+    u_auto, s_auto = step_autograd(config, weights, grads, state)
+    torch.testing.assert_close(u, u_auto.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new.hc, s_auto.hc.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(native.NativeError, match="No such file"):
+        kernel.backend(config, kernel="native")
+
+
+def test_the_torch_path_steps_in_chunks_with_the_same_results(monkeypatch):
     config = OptimizerConfig()
     weights = make(config)
-    parts = [inputs(config, n, seed) for seed, n in enumerate([70, 3, 500])]
-    parts[1][0][2] = bad
-    segments = [kernel.Segment(g, s, torch.empty_like(s.hc), torch.empty(g.shape[0])) for g, s in parts]
-    assert kernel.step_inference_many(config, weights, segments) == [True, False, True]
-    for seg in (segments[0], segments[2]):
-        u, s = step_inference(config, weights, seg.grads, seg.state)
-        assert torch.equal(seg.out_updates, u) and torch.equal(seg.out_state, s.hc)
-    assert kernel.step_inference_many(config, weights, [segments[0]]) == [True]
+    grads, state = inputs(config, 1000)
+    u, new = step_inference(config, weights, grads, state, kernel="torch")
+    monkeypatch.setattr(kernel, "CHUNK", 64)
+    u_chunked, new_chunked = step_inference(config, weights, grads, state, kernel="torch")
+    torch.testing.assert_close(u_chunked, u, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(new_chunked.hc, new.hc, rtol=1e-6, atol=1e-7)
 
 
 def test_native_calls_from_many_threads_at_once_each_get_their_own_bits():
-    """One call at a time uses the helper pool; the others start threads of their own. Either way each
-    call's results are what it gets alone."""
+    """Calls from several threads at once (the server's worker threads) each get what they get alone."""
     import threading
 
     config = OptimizerConfig()
@@ -282,7 +264,7 @@ def test_native_calls_from_many_threads_at_once_each_get_their_own_bits():
         g, s = jobs[i]
         for _ in range(20):
             out, upd = torch.empty_like(s.hc), torch.empty(g.shape[0])
-            kernel_.run(config, weights, g, s.hc, out, upd, threads=2)
+            kernel_.run(config, weights, g, s.hc, out, upd)
             if not (torch.equal(upd, expected[i][0]) and torch.equal(out, expected[i][1].hc)):
                 failures.append(i)
 
@@ -296,12 +278,12 @@ def test_native_calls_from_many_threads_at_once_each_get_their_own_bits():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_native_kernel_works_in_a_forked_child():
-    """The child has none of the parent's helper threads; its pool starts afresh."""
+    """A forked child (a worker process) steps with its own threads after the parent has used its own."""
     config = OptimizerConfig()
     require_native(config)
     weights = make(config)
     grads, state = inputs(config, 9000)
-    u, _ = step_inference(config, weights, grads, state)   # the parent's pool is up
+    u, _ = step_inference(config, weights, grads, state)   # the parent's threads are up
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child: step, send the updates' bytes, exit without running pytest's teardown
@@ -316,13 +298,3 @@ def test_native_kernel_works_in_a_forked_child():
         data = got.read()
     os.waitpid(pid, 0)
     assert torch.equal(torch.frombuffer(bytearray(data), dtype=torch.float32), u)
-
-
-def test_helper_spin_is_a_number_of_microseconds(monkeypatch):
-    monkeypatch.setenv("L2O_KERNEL_SPIN_US", "250")
-    assert native.spin_us() == 250
-    monkeypatch.delenv("L2O_KERNEL_SPIN_US")
-    assert native.spin_us() == native.DEFAULT_SPIN_US
-    monkeypatch.setenv("L2O_KERNEL_SPIN_US", "2ms")
-    with pytest.raises(ValueError, match="L2O_KERNEL_SPIN_US"):
-        native.spin_us()

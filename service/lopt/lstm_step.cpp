@@ -1,23 +1,29 @@
-/* The coordinatewise LSTM step as one fused CPU loop (built and loaded by service/lopt/native.py).
+/* The coordinatewise LSTM step as one fused CPU loop: the torch operator `step` (built and loaded by
+   service/lopt/native.py through torch.utils.cpp_extension; parallel through at::parallel_for, so
+   torch.set_num_threads governs it). The same math as step_autograd in service/lopt/lstm.py, which the
+   tests hold it to.
 
-   Compiled once per architecture with -DHID (hidden size), -DNL (layers), -DNIN (input features),
-   -DJB (hidden units per register block) and -DLOG_SIGN (1: the paper's log/sign preprocessing).
+   Compiled once per architecture and CPU type with -DHID (hidden size), -DNL (layers), -DNIN (input
+   features), -DLOG_SIGN (1: the paper's log/sign preprocessing) and -DL2O_NS (the operator's namespace).
 
    Coordinates are processed VL at a time, one coordinate per vector lane: each tile's state is
    transposed into a feature-major scratch (one vector per state float), every gate, activation and
    cell update is a lane-wise vector operation, and the new state is transposed back. Nothing crosses
    lanes, and the last partial tile runs through the same code on zero padding, so a coordinate's
-   result does not depend on which coordinates share the call or where it sits (batch invariance).
+   result does not depend on which coordinates share the call, where it sits, or how many threads run.
 
    The gate products accumulate straight into registers: for each block of JB hidden units the
    4*JB gate pre-activations are summed over the inputs, then turned into the new (h, c) of those
    units at once, so gates never touch memory. tanh is a rational function and log a polynomial, in
    plain vector arithmetic (no libm), so every lane computes the same operations; the results agree
-   with torch's to float32 tolerance, not bit for bit. A step's bits depend only on this source, the
-   compiler and the CPU type it was built for. */
+   with torch's to float32 tolerance, not bit for bit. */
 
-#include <pthread.h>
-#include <time.h>
+#include <algorithm>
+#include <cmath>
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,9 +59,8 @@
 
 #define NF (NL * 2 * HID)          /* state floats per coordinate: (layer, h|c, unit) */
 #define NBLK (HID / JB)
-/* Coordinates a thread claims at a time, whatever the vector width: small enough that a step of a
-   thousand coordinates is shared by two threads (a claim costs one atomic add), large enough that
-   claims stay rare next to the work. A multiple of every VL. */
+/* The unit of work parallel_for shares out, whatever the vector width: small enough that a step of a
+   thousand coordinates is shared by two threads. A multiple of every VL. */
 #define UNIT_COORDS 256
 #define CHUNK_TILES (UNIT_COORDS / VL)
 #define PREFETCH_TILES 4           /* how far ahead the input state is fetched */
@@ -66,7 +71,7 @@ typedef int32_t vi __attribute__((vector_size(VL * 4), aligned(VL * 4)));
 
 enum { DT_F32 = 0, DT_BF16 = 1, DT_F16 = 2 };
 
-static inline vf splat(float x) { return (vf){0} + x; }
+static inline vf splat(float x) { return vf{} + x; }
 static inline vf sel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
 /* A few operations have one-instruction forms on AVX-512; elsewhere plain vector arithmetic does.
@@ -148,7 +153,6 @@ typedef struct {
     const float *head;             /* HID weights, then the bias */
     float threshold, exp_p, p, scale;
     int stream;                    /* write the new state around the cache (large, out-of-place steps) */
-    int32_t *nonfinite;            /* set to 1 when a gradient is NaN or infinite */
 } job_t;
 
 typedef uint32_t vu __attribute__((vector_size(VL * 4), aligned(VL * 4)));
@@ -346,12 +350,6 @@ static void step_tile(const job_t *jb, int64_t base, int count) {
         memcpy(&g, jb->grads + base, sizeof g);
     else
         for (int r = 0; r < count; r++) g[r] = jb->grads[base + r];
-    /* The gradients are checked here, where they are read anyway, not in a pass of their own: g - g
-       is 0 for every finite g and NaN otherwise. */
-    vi bad = (g - g) != 0.0f;
-    int any = 0;
-    for (int r = 0; r < VL; r++) any |= bad[r];
-    if (any) __atomic_store_n(jb->nonfinite, 1, __ATOMIC_RELAXED);
     preprocess(jb, g, x);
     if (base + (PREFETCH_TILES + 1) * VL <= jb->n) {
         int size = jb->dtype == DT_F32 ? 4 : 2;
@@ -406,203 +404,51 @@ static void step_tile(const job_t *jb, int64_t base, int count) {
         for (int r = 0; r < count; r++) jb->updates[base + r] = u[r];
 }
 
-/* A call's work: one or more segments (each a job_t over its own arrays, e.g. one session's
-   coordinates), cut into units of up to CHUNK_TILES tiles that never cross a segment. Threads claim
-   units from one counter, so many small segments share the threads as well as one large one does. */
-typedef struct {
-    int nseg;
-    const job_t *jobs;
-    const int64_t *first_unit;     /* nseg + 1 entries: segment s owns units [first_unit[s], first_unit[s+1]) */
-    int64_t next_unit;             /* shared work counter */
-} batch_t;
-
-static void *worker(void *arg) {
-    batch_t *bt = (batch_t *)arg;
-    int64_t units = bt->first_unit[bt->nseg];
-    int s = 0;
-    for (;;) {
-        int64_t u = __atomic_fetch_add(&bt->next_unit, 1, __ATOMIC_RELAXED);
-        if (u >= units) break;
-        while (bt->first_unit[s + 1] <= u) s++;    /* units are claimed in increasing order */
-        const job_t *jb = &bt->jobs[s];
-        int64_t tiles = (jb->n + VL - 1) / VL;
-        int64_t t0 = (u - bt->first_unit[s]) * CHUNK_TILES;
-        int64_t t1 = t0 + CHUNK_TILES < tiles ? t0 + CHUNK_TILES : tiles;
-        for (int64_t t = t0; t < t1; t++) {
-            int64_t base = t * VL;
-            int count = jb->n - base < VL ? (int)(jb->n - base) : VL;
-            step_tile(jb, base, count);
-        }
-    }
-#if VL >= 8
-    _mm_sfence();   /* streamed stores are weakly ordered: finish them before the join */
-#endif
-    return 0;
-}
-
-/* Helper threads kept between calls. A call publishes its batch, works on it itself, then closes it
-   and waits only for the helpers that joined it: a helper that wakes late (an idle core can take
-   milliseconds to wake in a virtual machine) finds the batch closed and goes back to sleep, and the
-   call never waits for it. After a batch a helper spins for spin_ns before sleeping, so the steps of
-   a training loop find it awake. One call uses the pool at a time; a concurrent call starts its own
-   threads, as every call did before the pool. */
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t work, done;
-    int size;                      /* helpers started */
-    uint64_t generation;           /* bumped for each batch published */
-    batch_t *current;              /* the batch helpers may join, or NULL once it is closed */
-    int wanted, joined, running;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0};
-static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER;
-static long long spin_ns = 0;
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static void *helper(void *arg) {
-    (void)arg;
-    uint64_t seen = 0;
-    pthread_mutex_lock(&pool.mu);
-    for (;;) {
-        while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen) {
-            if (__atomic_load_n(&spin_ns, __ATOMIC_RELAXED) > 0) {
-                pthread_mutex_unlock(&pool.mu);
-                long long start = now_ns();   /* spin_ns is read as it goes: setting 0 stops a spin at once */
-                while (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) == seen
-                       && now_ns() - start < __atomic_load_n(&spin_ns, __ATOMIC_RELAXED)) {
-#if defined(__x86_64__) || defined(__i386__)
-                    __builtin_ia32_pause();
-#endif
-                }
-                pthread_mutex_lock(&pool.mu);
-                if (pool.generation != seen) break;
-            }
-            pthread_cond_wait(&pool.work, &pool.mu);
-        }
-        seen = pool.generation;
-        batch_t *bt = pool.current;
-        if (bt && pool.joined < pool.wanted) {
-            pool.joined++;
-            pool.running++;
-            pthread_mutex_unlock(&pool.mu);
-            worker(bt);
-            pthread_mutex_lock(&pool.mu);
-            if (--pool.running == 0) pthread_cond_signal(&pool.done);
-        }
-    }
-    return 0;
-}
-
-/* A forked child has none of the parent's threads: it starts a pool of its own. */
-static void pool_after_fork(void) {
-    pthread_mutex_init(&pool.mu, 0);
-    pthread_cond_init(&pool.work, 0);
-    pthread_cond_init(&pool.done, 0);
-    pthread_mutex_init(&pool_owner, 0);
-    pool.size = 0;
-    pool.current = 0;
-    pool.running = 0;
-}
-
-static void pool_init(void) { pthread_atfork(0, 0, pool_after_fork); }
-
-static int run_pooled(batch_t *bt, int helpers) {
-    pthread_once(&pool_once, pool_init);
-    if (pthread_mutex_trylock(&pool_owner) != 0) return 0;
-    pthread_mutex_lock(&pool.mu);
-    while (pool.size < helpers && pool.size < 63) {
-        pthread_t id;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&id, &attr, helper, 0);
-        pthread_attr_destroy(&attr);
-        if (rc != 0) break;        /* fewer helpers: the caller does the rest */
-        pool.size++;
-    }
-    pool.current = bt;
-    pool.wanted = helpers;
-    pool.joined = 0;
-    __atomic_add_fetch(&pool.generation, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&pool.work);
-    pthread_mutex_unlock(&pool.mu);
-    worker(bt);
-    pthread_mutex_lock(&pool.mu);
-    pool.current = 0;
-    while (pool.running > 0) pthread_cond_wait(&pool.done, &pool.mu);
-    pthread_mutex_unlock(&pool.mu);
-    pthread_mutex_unlock(&pool_owner);
-    return 1;
-}
-
-/* How long helpers spin for the next batch before they sleep (0: sleep at once). */
-void l2o_set_spin_us(long long us) { __atomic_store_n(&spin_ns, us > 0 ? us * 1000 : 0, __ATOMIC_RELAXED); }
-
-int l2o_lanes(void) { return VL; }
-int l2o_unit_block(void) { return JB; }
-int l2o_unit_coords(void) { return CHUNK_TILES * VL; }
-
-#define MAX_SEGMENTS 4096
-
-/* One step over `nseg` segments of coordinates at once, on up to `threads` threads. Segment s has
-   ns[s] coordinates and four arrays, ptrs[4s .. 4s+3]: grads, state_in, state_out, updates; state_in
-   may be state_out (each tile is read before it is written). Every coordinate's result is what a
-   call on its segment alone gives (see the top of this file). nonfinite[s] is set to 1 when a
-   gradient of segment s is NaN or infinite, else 0 (its results are then meaningless). A thread that
-   cannot be started only means fewer helpers: the calling thread takes whatever work is left, so the
-   step always completes. Returns 0; -1 when nseg is out of range, -2 when out of memory (nothing
-   computed). */
-int l2o_step_many(int nseg, const int64_t *ns, void *const *ptrs, int dtype, const float *weights,
-                  const float *head, float threshold, float exp_p, float p, float scale, int threads,
-                  int32_t *nonfinite) {
-    if (nseg < 1 || nseg > MAX_SEGMENTS) return -1;
-    for (int s = 0; s < nseg; s++) nonfinite[s] = 0;
-    job_t small_jobs[16];
-    int64_t small_units[17];
-    job_t *jobs = nseg <= 16 ? small_jobs : malloc(nseg * sizeof *jobs);
-    int64_t *first_unit = nseg <= 16 ? small_units : malloc((nseg + 1) * sizeof *first_unit);
-    if (!jobs || !first_unit) {
-        if (jobs != small_jobs) free(jobs);
-        if (first_unit != small_units) free(first_unit);
-        return -2;
-    }
+/* step(grads, hc, packed, head, p, scale, out_state, out_updates): grads float32 (N,); hc and out_state
+   (N, NL, 2, HID) contiguous, of one dtype (float32, bfloat16 or float16), possibly the same tensor
+   (each tile is read before it is written); packed and head are the weights as native.py packs them. */
+static void step(const at::Tensor &grads, const at::Tensor &hc, const at::Tensor &packed, const at::Tensor &head,
+                 double p, double scale, const at::Tensor &out_state, const at::Tensor &out_updates) {
+    TORCH_CHECK(grads.scalar_type() == at::kFloat && grads.is_contiguous(), "grads must be contiguous float32");
+    TORCH_CHECK(hc.is_contiguous() && out_state.is_contiguous() && hc.scalar_type() == out_state.scalar_type(),
+                "hc and out_state must be contiguous and of one dtype");
+    int64_t n = grads.numel();
+    TORCH_CHECK(hc.numel() == n * NF && out_state.numel() == n * NF && out_updates.numel() == n,
+                "hc, out_state and out_updates must match grads");
+    int dtype = hc.scalar_type() == at::kFloat ? DT_F32 : hc.scalar_type() == at::kBFloat16 ? DT_BF16 : DT_F16;
+    TORCH_CHECK(dtype != DT_F16 || hc.scalar_type() == at::kHalf, "the state must be float32, bfloat16 or float16");
     int size = dtype == DT_F32 ? 4 : 2;
-    first_unit[0] = 0;
-    for (int s = 0; s < nseg; s++) {
-        int64_t n = ns[s];
-        const void *in = ptrs[4 * s + 1];
-        void *out = ptrs[4 * s + 2];
-        int stream = out != in && n * NF * size >= STREAM_BYTES && NF % VL == 0
-                     && (uintptr_t)out % (VL * size) == 0;
-        job_t jb = {n, (const float *)ptrs[4 * s], in, out, (float *)ptrs[4 * s + 3], dtype, weights, head,
-                    threshold, exp_p, p, scale, stream, &nonfinite[s]};
-        jobs[s] = jb;
-        int64_t tiles = (n + VL - 1) / VL;
-        first_unit[s + 1] = first_unit[s] + (tiles + CHUNK_TILES - 1) / CHUNK_TILES;
-    }
-    batch_t bt = {nseg, jobs, first_unit, 0};
-    int64_t units = first_unit[nseg];
-    if (threads > units) threads = (int)units;
-    if (threads > 64) threads = 64;
-    if (threads > 1 && !run_pooled(&bt, threads - 1)) {
-        /* Another call holds the pool: this one starts threads of its own. */
-        pthread_t ids[64];
-        int started = 0;
-        for (int t = 1; t < threads; t++) {
-            if (pthread_create(&ids[started], 0, worker, &bt) != 0) break;
-            started++;
+    const void *in = hc.data_ptr();
+    void *out = out_state.data_ptr();
+    int stream = out != in && n * NF * size >= STREAM_BYTES && NF % VL == 0 && (uintptr_t)out % (VL * size) == 0;
+    job_t jb = {n, grads.data_ptr<float>(), in, out, out_updates.data_ptr<float>(), dtype,
+                packed.data_ptr<float>(), head.data_ptr<float>(), (float)std::exp(-p), (float)std::exp(p),
+                (float)p, (float)scale, stream};
+    int64_t tiles = (n + VL - 1) / VL;
+    int64_t units = (tiles + CHUNK_TILES - 1) / CHUNK_TILES;
+    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin * CHUNK_TILES; t < std::min(end * CHUNK_TILES, tiles); t++) {
+            int64_t base = t * VL;
+            step_tile(&jb, base, n - base < VL ? (int)(n - base) : VL);
         }
-        worker(&bt);
-        for (int t = 0; t < started; t++) pthread_join(ids[t], 0);
-    } else if (threads <= 1) {
-        worker(&bt);
-    }
-    if (jobs != small_jobs) free(jobs);
-    if (first_unit != small_units) free(first_unit);
-    return 0;
+#if VL >= 8
+        _mm_sfence();   /* streamed stores are weakly ordered: finish them before the threads join */
+#endif
+    });
 }
+
+static int64_t lanes() { return VL; }
+static int64_t unit_block() { return JB; }
+
+/* Two levels, so that L2O_NS is expanded before TORCH_LIBRARY pastes it into its names. */
+#define L2O_LIBRARY(ns) TORCH_LIBRARY(ns, m)
+#define L2O_LIBRARY_IMPL(ns) TORCH_LIBRARY_IMPL(ns, CPU, m)
+
+L2O_LIBRARY(L2O_NS) {
+    m.def("step(Tensor grads, Tensor hc, Tensor packed, Tensor head, float p, float scale, "
+          "Tensor(a!) out_state, Tensor(b!) out_updates) -> ()");
+    m.def("lanes() -> int", &lanes);
+    m.def("unit_block() -> int", &unit_block);
+}
+
+L2O_LIBRARY_IMPL(L2O_NS) { m.impl("step", &step); }
