@@ -370,21 +370,27 @@ class LocalSession:
         if state is not None:
             self.state_dtype = state.state_dtype   # as the server does: a resumed state keeps its dtype
         dtype = getattr(torch, self.state_dtype)
-        self.hc = (state.hc.to(dtype).contiguous() if state is not None
+        # Stepped in place, into buffers kept for the run: fresh memory for each step's state cost as much as
+        # the step itself at a million coordinates (bench/step.py, training-loop rows).
+        self.hc = (state.hc.to(dtype, copy=True).contiguous() if state is not None
                    else self.lopt.init(self.config, n, dtype=dtype).hc)
+        self.flat, self.updates = torch.empty(n), torch.empty(n)
         self.count = state.step if state is not None else 0
 
     def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The updates, as views of a buffer the next step overwrites (the caller applies them at once)."""
         parts = [grads[name].detach().reshape(-1).to(device="cpu", dtype=torch.float32) for name in self.shapes]
-        for name, part in zip(self.shapes, parts, strict=True):
-            if not self.all_finite(part):
-                raise ValueError(f"the gradient of {name!r} has NaN or infinite values (as float32)")
+        torch.cat(parts, out=self.flat)
+        if not self.all_finite(self.flat):
+            name = next(n for n, part in zip(self.shapes, parts, strict=True) if not self.all_finite(part))
+            raise ValueError(f"the gradient of {name!r} has NaN or infinite values (as float32)")
         with torch.no_grad():
-            updates, state = self.lopt.step(self.config, self.weights, torch.cat(parts), self.lopt.LSTMState(self.hc))
-        self.hc = state.hc
+            self.lopt.step(self.config, self.weights, self.flat, self.lopt.LSTMState(self.hc), out_state=self.hc,
+                           out_updates=self.updates)
         self.count = step + 1
         sizes = [math.prod(s) for s in self.shapes.values()]
-        return {name: u.view(shape) for (name, shape), u in zip(self.shapes.items(), updates.split(sizes), strict=True)}
+        return {name: u.view(shape) for (name, shape), u in zip(self.shapes.items(), self.updates.split(sizes),
+                                                                strict=True)}
 
     def export(self) -> OptimizerState:
         c = self.checkpoint
@@ -392,7 +398,7 @@ class LocalSession:
                               self.hc.to(torch.float32, copy=True), self.state_dtype)
 
     def close(self) -> None:
-        self.shapes, self.hc = {}, None
+        self.shapes, self.hc, self.flat, self.updates = {}, None, None, None
 
 
 class LocalOptimizer(LearnedOptimizer):

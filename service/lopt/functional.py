@@ -14,7 +14,7 @@ import torch
 
 from service.lopt import feature_mlp
 from service.lopt.config import OptimizerConfig
-from service.lopt.kernel import step_inference
+from service.lopt.kernel import step_inference, step_inference_
 from service.lopt.lstm import step_autograd
 from service.lopt.state import LSTMState, init
 
@@ -22,8 +22,11 @@ __all__ = ["init", "step", "step_autograd"]
 
 
 def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
-         state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
-    """One optimizer step for every coordinate: returns (updates, new_state)."""
+         state: LSTMState, *, out_state: torch.Tensor | None = None,
+         out_updates: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMState]:
+    """One optimizer step for every coordinate: returns (updates, new_state). Without autograd, a caller
+    that keeps buffers may have the new state written into `out_state` (`state.hc` itself: in place)
+    and the updates into `out_updates` (see kernel.step_inference_); with it they are ignored."""
     if grads.dim() != 1:
         raise ValueError(f"grads must be flat (n_coords,), got shape {tuple(grads.shape)}")
     if state.hc.shape[1:] != config.state_shape_per_coord:
@@ -38,4 +41,6 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
         grads.requires_grad or state.hc.requires_grad or any(w.requires_grad for w in weights.values()))
     if needs_grad:
         return step_autograd(config, weights, grads, state)
-    return step_inference(config, weights, grads, state)
+    if out_state is None:
+        return step_inference(config, weights, grads, state)
+    return step_inference_(config, weights, grads, state, out_state=out_state, out_updates=out_updates)

@@ -31,16 +31,15 @@ def test_auto_steps_on_the_gpu_when_there_is_one_else_on_the_cpu(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("batching", [True, False])
-async def test_on_a_gpu_states_stay_in_its_memory_and_steps_answer_as_on_the_cpu(batching):
+async def test_on_a_gpu_states_stay_in_its_memory_and_steps_answer_as_on_the_cpu():
     from service.sessions.memory_store import MemoryStore
     from service.sessions.service import SessionService
     from tests.sessions.fakes import FakeVersions
     from tests.sessions.test_service import SHAPES, ST, body, flat_updates, grads_for
 
     versions = FakeVersions()
-    cpu = SessionService(MemoryStore(), versions, batching=batching)
-    gpu = SessionService(MemoryStore(), versions, batching=batching, device="cuda")
+    cpu = SessionService(MemoryStore(), versions)
+    gpu = SessionService(MemoryStore(), versions, device="cuda")
     a, b = await cpu.create("k", "opt@prod", SHAPES), await gpu.create("k", "opt@prod", SHAPES)
     assert gpu.store.get(b.id).hc.device.type == "cuda"
     for k in range(3):

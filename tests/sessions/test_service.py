@@ -43,11 +43,10 @@ def versions():
     return FakeVersions()
 
 
-@pytest.fixture(params=[True, False], ids=["batched", "unbatched"])
-def svc(request, store, versions, clock):
+@pytest.fixture
+def svc(store, versions, clock):
     return SessionService(store, versions, SessionLimits(idle_timeout_s=3600, max_coords=1000,
-                                                         max_sessions_per_key=4, max_state_bytes=10**7), clock=clock,
-                          batching=request.param)
+                                                         max_sessions_per_key=4, max_state_bytes=10**7), clock=clock)
 
 
 def grads_for(seed: int, shapes=SHAPES, dtype=torch.float32) -> dict[str, torch.Tensor]:
