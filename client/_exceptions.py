@@ -23,6 +23,8 @@
             │   │   └── SessionLostError      a session this client created and used is gone: the server
             │   │                                 restarted and lost it; resume from the last state_dict()
             │   └── JobNotFoundError          404 job_not_found
+            ├── MethodNotAllowedError         405 method_not_allowed
+            ├── RequestTimeoutError           408 request_timeout (the request did not arrive in time)
             ├── ConflictError                 409 conflict
             │   ├── VersionInUseError         409 version_in_use
             │   ├── StepConflictError         409 step_conflict (.expected: the step the server expects)
@@ -157,6 +159,16 @@ class JobNotFoundError(NotFoundError):
     code = "job_not_found"
 
 
+class MethodNotAllowedError(APIStatusError):
+    http_status = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeoutError(APIStatusError):
+    http_status = 408
+    code = "request_timeout"
+
+
 class ConflictError(APIStatusError):
     http_status = 409
     code = "conflict"
@@ -234,7 +246,8 @@ BY_CODE: dict[str, type[APIStatusError]] = {
     c.code: c for c in _family(APIStatusError)[1:] if c is not SessionLostError}
 # Each status's most general class: the fallback for a code this SDK does not know.
 BY_STATUS: dict[int, type[APIStatusError]] = {c.http_status: c for c in (
-    BadRequestError, UnprocessableEntityError, AuthenticationError, PermissionDeniedError, NotFoundError, ConflictError,
+    BadRequestError, UnprocessableEntityError, AuthenticationError, PermissionDeniedError, NotFoundError,
+    MethodNotAllowedError, RequestTimeoutError, ConflictError,
     SessionExpiredError, PayloadTooLargeError, UnsupportedMediaTypeError, RateLimitError, InternalServerError,
     ServiceUnavailableError)}
 

@@ -36,7 +36,7 @@ from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
 from service.api.streams import StreamSlots
 from service.config import Settings
-from service.errors import DatabaseNotReady, L2OError
+from service.errors import DatabaseNotReady, L2OError, ValidationError, by_status
 from service.jobs.lifespan import jobs_lifespan
 from service.metrics import MetricsMiddleware
 from service.registry import bootstrap, migrate
@@ -121,11 +121,6 @@ def error_response(request: Request, status: int, code: str, message: str, detai
                         headers=headers)
 
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-              415: "unsupported_media_type"}
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(L2OError)
     async def l2o_error(request: Request, exc: L2OError) -> JSONResponse:
@@ -136,12 +131,12 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return error_response(request, 422, "validation_error", f"invalid request: {where}", errors)
+        return error_response(request, 422, ValidationError.code, f"invalid request: {where}", errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(request, exc.status_code, code, str(exc.detail), None, exc.headers)
+        return error_response(request, exc.status_code, by_status(exc.status_code).code, str(exc.detail), None,
+                              exc.headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -160,4 +155,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, 500, "internal_error", "internal server error")
+        return error_response(request, 500, L2OError.code, "internal server error")

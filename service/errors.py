@@ -15,6 +15,8 @@
     ├── NotFound                  404 not_found
     │   ├── SessionNotFound       404 session_not_found
     │   └── JobNotFound           404 job_not_found
+    ├── MethodNotAllowed          405 method_not_allowed
+    ├── RequestTimeout            408 request_timeout
     ├── Conflict                  409 conflict
     │   ├── VersionInUse          409 version_in_use
     │   ├── StepConflict          409 step_conflict
@@ -33,7 +35,8 @@ One FastAPI handler (service.app) renders any of them as
 
     {"error": {"code": "...", "message": "...", "detail": ...}}
 
-The SDK mirrors this tree in client/errors.py, keyed by `code`. This module imports nothing from the web
+The SDK mirrors this tree in client/_exceptions.py, keyed by `code` (tests/test_errors.py holds the two
+to the same codes and statuses). This module imports nothing from the web
 framework, so services, workers and the CLI raise the same errors.
 """
 
@@ -103,6 +106,16 @@ class Forbidden(L2OError):
 class NotFound(L2OError):
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(L2OError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeout(L2OError):
+    status = 408
+    code = "request_timeout"
 
 
 class Conflict(L2OError):
@@ -191,3 +204,13 @@ class JobNotFound(NotFound):
 
 class JobFinished(Conflict):
     code = "job_finished"
+
+
+def by_status(status: int) -> type[L2OError]:
+    """The most general error of the tree sent with `status` (for errors raised by the framework, which
+    know only a status): e.g. 404 NotFound; a status the tree does not use falls back to its class."""
+    family = [L2OError]
+    for cls in family:
+        family.extend(cls.__subclasses__())
+    found = next((cls for cls in family if cls.status == status), None)
+    return found or (L2OError if status >= 500 else BadRequest)
