@@ -10,6 +10,7 @@
             │   ├── MalformedBodyError        400 malformed_body
             │   ├── DigestMismatchError       400 digest_mismatch (also raised when a download's bytes
             │   │                                 do not match the digest the server sent)
+            │   ├── ClientDisconnectedError   400 client_disconnected (the server's code for a client that hung up)
             │   └── UnprocessableEntityError  422 validation_error
             │       ├── InvalidNameError          422 invalid_name
             │       ├── InvalidReferenceError     422 invalid_reference
@@ -104,6 +105,10 @@ class MalformedBodyError(BadRequestError):
 
 class DigestMismatchError(BadRequestError):
     code = "digest_mismatch"
+
+
+class ClientDisconnectedError(BadRequestError):
+    code = "client_disconnected"
 
 
 class UnprocessableEntityError(BadRequestError):

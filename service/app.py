@@ -36,7 +36,7 @@ from service.api.ratelimit import rate_limit_component
 from service.api.schemas import ErrorResponse
 from service.api.streams import StreamSlots
 from service.config import Settings
-from service.errors import DatabaseNotReady, L2OError, ValidationError, by_status
+from service.errors import ClientDisconnected, DatabaseNotReady, L2OError, ValidationError, by_status
 from service.jobs.lifespan import jobs_lifespan
 from service.metrics import MetricsMiddleware
 from service.registry import bootstrap, migrate
@@ -150,7 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
         # Expected (an aborted upload, a killed client): one line, no traceback. Nobody reads the answer.
         log.warning("client disconnected during %s %s before its body was read", request.method, request.url.path)
-        return error_response(request, 400, "client_disconnected", "the client disconnected")
+        return error_response(request, 400, ClientDisconnected.code, "the client disconnected")
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

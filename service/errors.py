@@ -9,7 +9,8 @@
     │   │   ├── InvalidGradients  422 invalid_gradients
     │   │   └── SessionTooLarge   422 session_too_large
     │   ├── MalformedBody         400 malformed_body
-    │   └── DigestMismatch        400 digest_mismatch
+    │   ├── DigestMismatch        400 digest_mismatch
+    │   └── ClientDisconnected    400 client_disconnected (logged and counted; nobody reads the answer)
     ├── Unauthorized              401 unauthorized
     ├── Forbidden                 403 forbidden
     ├── NotFound                  404 not_found
@@ -166,6 +167,10 @@ class DatabaseNotReady(ServiceUnavailable):
 
 class MalformedBody(BadRequest):
     code = "malformed_body"
+
+
+class ClientDisconnected(BadRequest):
+    code = "client_disconnected"
 
 
 class InvalidGradients(ValidationError):

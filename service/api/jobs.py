@@ -45,8 +45,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 KEEPALIVE_S = 15.0
 
 
-
-
 @router.post("", status_code=201)
 async def submit(spec: JobSpec, request: Request, response: Response, db: DbSession, key: TrainKey) -> JobOut:
     limits = JobLimits.from_settings(request.app.state.settings)
