@@ -1,6 +1,6 @@
 """`l2o serve` as a real process on 127.0.0.1 for the benchmarks that go over the wire.
 
-    with Server(workdir, store="memory", env={"L2O_STEP_BATCHING": "false"}) as server:
+    with Server(workdir, store="memory", env={"L2O_SESSION_MAX_PER_KEY": "64"}) as server:
         Client(server.url, api_key=server.admin_key) ...
 
 The server runs on the embedded SQLite in a scratch data directory, with a freshly initialised LSTM of

@@ -17,13 +17,12 @@ also timed 8 calls back to back: round-robin, every call starts with its state o
 its threads asleep (as after a training step's own work); back to back shows the step with both warm.
 
 With `--device cuda` everything runs on the GPU instead (sizes 100,000 to 10,000,000 by default): the
-reference and our step (compiled, see service/lopt/pointwise.py) on the device, the limits from the
+reference and our step (the torch definition, service/lopt/lstm.py) on the device, the limits from the
 device's float32 matrix product and copy, and `l2o serve` with L2O_STEP_DEVICE=cuda. Rows that only
 mean something on the CPU (the one-thread and chunked references) are left out there.
 
 Per run it also measures start-up (the kernel's warm-up in a fresh process, cold and cached, and
-`l2o serve` from process start to ready) and cross-session batching: 64 concurrent sessions of 1,000
-coordinates through the step service, batching on and off, and the same over HTTP.
+`l2o serve` from process start to ready) and a training loop as a user runs it (`training_loop`).
 
 Adding a measurement is adding a function:
 - per size: a function in SIZE_MEASUREMENTS, `(bench, n) -> zero-argument callable | None`, whose
@@ -36,9 +35,7 @@ Resources that live for the whole run (a server, a client) go on `bench.stack` (
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import gc
 import json
 import os
 import platform
@@ -56,15 +53,12 @@ import torch
 
 from bench.reference import ReferenceLSTM
 from bench.server import OPTIMIZER, Server
-from client import AsyncClient, Client
-from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, native, state_nbytes
+from client import Client
+from service.lopt import CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
 
 SIZES = (10_000, 100_000, 1_000_000)
 GPU_SIZES = (100_000, 1_000_000, 10_000_000)
 JSON_MAX_COORDS = 100_000
-BATCH_SESSIONS, BATCH_COORDS = 64, 1_000
-BATCH_STEPS, BATCH_STEPS_QUICK = 40, 10
-BATCH_RUNS, BATCH_RUNS_QUICK = 3, 1
 REFERENCE_CHUNK = 16_384
 BACK_TO_BACK, BACK_TO_BACK_MAX_COORDS = 8, 100_000
 NOISY_SPREAD = 0.25      # interquartile range / median above which a measurement is taken again
@@ -189,18 +183,12 @@ def _remote_step(bench: Bench, n: int, wire: str) -> Callable[[], object] | None
     count = [0]
 
     def call() -> None:
-        # This process's own kernel threads must not spin on the cores the server needs: a remote
-        # user's process runs no LSTM of its own.
-        native.set_spin_us(0)
-        try:
-            count[0] = client.sessions.step(session.id, step=count[0], grads=grads, wire=wire).step
-        finally:
-            native.set_spin_us(native.spin_us())
+        count[0] = client.sessions.step(session.id, step=count[0], grads=grads, wire=wire).step
     return call
 
 
 def remote_client(bench: Bench) -> Client:
-    """One `l2o serve` (batching on, as shipped) and one SDK client for the whole run."""
+    """One `l2o serve` and one SDK client for the whole run."""
     if "client" not in bench.shared:
         workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="l2o-bench-step-")))
         server = bench.stack.enter_context(Server(workdir, env=server_env(bench)))
@@ -271,7 +259,7 @@ def memory(bench: Bench) -> dict[str, Any]:
 
 
 def startup_s(bench: Bench) -> float:
-    """kernel.warmup in a fresh process with an empty kernel cache: what a first start costs."""
+    """kernel.warmup in a fresh process with an empty extension cache: what a first start costs (the build)."""
     cache = bench.stack.enter_context(tempfile.TemporaryDirectory())
     bench.shared["kernel_cache"] = cache
     return _warmup_in_subprocess(cache, bench.device)
@@ -285,132 +273,10 @@ def startup_cached_s(bench: Bench) -> float:
 def _warmup_in_subprocess(cache: str, device: torch.device) -> float:
     code = ("from service.lopt import OptimizerConfig; from service.lopt.kernel import warmup; "
             f"print(warmup(OptimizerConfig(), {str(device)!r}))")
-    # The native kernel's cache, and torch.compile's (a GPU's compiled step), both start empty.
-    env = {**os.environ, "L2O_KERNEL_CACHE": cache, "TORCHINDUCTOR_CACHE_DIR": str(Path(cache) / "inductor"),
-           "TRITON_CACHE_DIR": str(Path(cache) / "triton")}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": cache}   # torch.utils.cpp_extension's build cache
     done = subprocess.run([sys.executable, "-c", code], env=env,
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])
-
-
-def batching(bench: Bench) -> dict[str, Any]:
-    """64 concurrent sessions x 1,000 coordinates stepping through the server's step service
-    (SessionService.step: checks, LSTM, commit to the memory store; safetensors bodies made
-    beforehand), cross-session batching on and off, alternating runs; medians of the runs."""
-    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-    for _ in range(BATCH_RUNS_QUICK if bench.quick else BATCH_RUNS):
-        for mode in ("off", "on"):
-            runs[mode].append(asyncio.run(_batching_run(mode == "on", BATCH_STEPS_QUICK if bench.quick
-                                                        else BATCH_STEPS, bench.device)))
-    return _batching_summary(runs)
-
-
-def batching_http(bench: Bench) -> dict[str, Any] | None:
-    """The same 64 x 1,000 load over HTTP: an AsyncClient per session in this process against two real
-    `l2o serve` processes, batching on and off. Client and server share the 2 cores, and each
-    request's HTTP work (client and server) costs more than its LSTM step, so this ratio is bounded
-    well below the service's."""
-    if bench.no_remote:
-        return None
-    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-    for mode in ("off", "on"):
-        workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix=f"l2o-bench-batch-{mode}-")))
-        env = server_env(bench, L2O_STEP_BATCHING="true" if mode == "on" else "false")
-        with Server(workdir, env=env) as server:
-            for _ in range(2):
-                runs[mode].append(asyncio.run(_batching_http_run(server, 5 if bench.quick else 20)))
-    return _batching_summary(runs)
-
-
-async def _batching_run(on: bool, steps: int, device: torch.device) -> dict[str, float]:
-    from service.sessions import wire
-    from service.sessions.memory_store import MemoryStore
-    from service.sessions.service import SessionLimits, SessionService
-
-    versions = _BenchVersions()
-    kernel.warmup(OptimizerConfig(), device)   # as the server does at start: no compile inside the timing
-    svc = SessionService(MemoryStore(), versions, SessionLimits(max_sessions_per_key=BATCH_SESSIONS),
-                         batching=on, device=device)
-    fmt = wire.WireFormat.SAFETENSORS
-    sessions = [await svc.create("bench", OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
-    # Writable buffers, as the server reads request bodies (api/body.py): the gradients are viewed in place.
-    bodies = [[bytearray(wire.encode(wire.StepMessage(k, {"w": _batch_grads(i, k)}), fmt, field="grads"))
-               for k in range(steps)] for i in range(BATCH_SESSIONS)]
-    latencies: list[float] = []
-    gc.freeze()   # as `l2o serve` does once started (service/app.py)
-
-    async def drive(i: int) -> None:
-        for k in range(steps):
-            began = time.perf_counter()
-            await svc.step("bench", sessions[i].id, bodies[i][k], fmt)
-            latencies.append(time.perf_counter() - began)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(drive(i) for i in range(BATCH_SESSIONS)))
-    wall = time.perf_counter() - began
-    gc.unfreeze()
-    mean_batch = svc.batcher.requests / svc.batcher.batches if svc.batcher else 1.0
-    return _batching_numbers(latencies, wall, mean_batch)
-
-
-async def _batching_http_run(server: Server, steps: int) -> dict[str, float]:
-    latencies: list[float] = []
-    async with AsyncClient(server.url, api_key=server.admin_key, timeout=120) as client:
-        sessions = [await client.sessions.create(OPTIMIZER, {"w": [BATCH_COORDS]}) for _ in range(BATCH_SESSIONS)]
-
-        async def drive(i: int) -> None:
-            for k in range(steps):
-                began = time.perf_counter()
-                await client.sessions.step(sessions[i].id, step=k, grads={"w": _batch_grads(i, k).numpy()})
-                latencies.append(time.perf_counter() - began)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(drive(i) for i in range(BATCH_SESSIONS)))
-        wall = time.perf_counter() - began
-        for session in sessions:
-            await client.sessions.delete(session.id)
-    return _batching_numbers(latencies, wall, None)
-
-
-def _batch_grads(session: int, step: int) -> torch.Tensor:
-    return torch.randn(BATCH_COORDS, generator=torch.Generator().manual_seed(session * 100_003 + step))
-
-
-def _batching_numbers(latencies: list[float], wall: float, mean_batch: float | None) -> dict[str, float]:
-    q = statistics.quantiles(latencies, n=100)
-    out = {"steps_per_s": len(latencies) / wall, "p50_ms": statistics.median(latencies) * 1e3, "p99_ms": q[98] * 1e3}
-    if mean_batch is not None:
-        out["mean_batch"] = mean_batch
-    return out
-
-
-def _batching_summary(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"sessions": BATCH_SESSIONS, "coords": BATCH_COORDS}
-    for mode, results in runs.items():
-        for key in results[0]:
-            out[f"{mode}_{key}"] = statistics.median(r[key] for r in results)
-    out["speedup"] = out["on_steps_per_s"] / out["off_steps_per_s"]
-    out["runs"] = runs
-    return out
-
-
-class _BenchVersions:
-    """The step service's view of a registry holding one version: the bench's seed-0 LSTM."""
-
-    def __init__(self) -> None:
-        from service.lopt.checkpoint import sha256_hex
-
-        net = CoordinatewiseLSTM(OptimizerConfig(), generator=torch.Generator().manual_seed(0))
-        self.data = Checkpoint(OptimizerConfig(), {k: v.detach() for k, v in net.weights().items()}).to_bytes()
-        self.digest = sha256_hex(self.data)
-
-    def resolve(self, reference: str) -> Any:
-        from service.sessions.versions import VersionRef
-
-        return VersionRef(OPTIMIZER, 1, "1", self.digest)
-
-    def checkpoint(self, version_id: str) -> bytes | None:
-        return self.data
 
 
 def environment(bench: Bench) -> dict[str, Any]:
@@ -431,8 +297,7 @@ def server_ready_s(bench: Bench) -> float | None:
 
 RUN_MEASUREMENTS: dict[str, Callable[[Bench], Any]] = {
     "environment": environment, "limit": limit, "memory": memory, "startup_s": startup_s,
-    "startup_cached_s": startup_cached_s, "server_ready_s": server_ready_s, "batching": batching,
-    "batching_http": batching_http,
+    "startup_cached_s": startup_cached_s, "server_ready_s": server_ready_s,
 }
 
 
@@ -559,15 +424,6 @@ def table(result: dict[str, Any]) -> str:
     if result.get("server_ready_s") is not None:
         lines.append(f"l2o serve: process start to ready in {result['server_ready_s']:.2f} s "
                      "(kernel warm-up included)")
-    for key, label in (("batching", "step service"), ("batching_http", "over HTTP")):
-        b = result.get(key)
-        if b:
-            lines.append(
-                f"{b['sessions']} sessions x {b['coords']:,} coords, {label}: batching on "
-                f"{b['on_steps_per_s']:,.0f} steps/s (p50 {b['on_p50_ms']:.1f} ms, p99 {b['on_p99_ms']:.1f} ms"
-                + (f", {b['on_mean_batch']:.1f} steps per LSTM call" if "on_mean_batch" in b else "")
-                + f"), off {b['off_steps_per_s']:,.0f} steps/s (p50 {b['off_p50_ms']:.1f} ms, "
-                f"p99 {b['off_p99_ms']:.1f} ms): {b['speedup']:.2f}x")
     return "\n".join(lines)
 
 

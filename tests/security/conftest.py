@@ -48,7 +48,7 @@ class HeldExecutor:
 
 @pytest.fixture(autouse=True)
 def held_jobs(monkeypatch):
-    monkeypatch.setattr("service.api.jobs.make_executor", lambda settings, db: HeldExecutor())
+    monkeypatch.setattr("service.jobs.lifespan.make_executor", lambda settings, db: HeldExecutor())
 
 
 @pytest.fixture

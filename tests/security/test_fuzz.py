@@ -107,7 +107,7 @@ def world(tmp_path_factory, sqlite_migrated):
     import httpx
 
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr("service.api.jobs.make_executor", lambda settings, db: HeldExecutor())
+    monkeypatch.setattr("service.jobs.lifespan.make_executor", lambda settings, db: HeldExecutor())
     # Limits small enough that valid-looking sessions cost the fuzz little memory (each is still enforced).
     app = create_app(make_settings(tmp_path_factory.mktemp("fuzz"), sqlite_migrated, session_max_coords=10_000,
                                    session_max_per_key=64))
