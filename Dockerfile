@@ -26,10 +26,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     L2O_DATA_DIR=/data
 
-# gcc builds the fused CPU step kernel at start (without it steps fall back to plain torch). A CUDA base
+# g++ builds the CPU step operator at start (torch.utils.cpp_extension; without it steps run plain torch). A CUDA base
 # image has no Python of its own, so it gets the distribution's.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends g++ \
     && if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
          apt-get install -y --no-install-recommends python3 python3-venv; fi \
     && rm -rf /var/lib/apt/lists/* \
