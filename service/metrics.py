@@ -1,7 +1,7 @@
 """Prometheus metrics for HTTP traffic: requests, latencies and errors, labelled by route template.
 
-Metrics live in prometheus_client's default registry, so any module can define its own (the step
-batcher, the job runner) and /metrics shows them all.
+Metrics live in prometheus_client's default registry, so any module can define its own (the job
+runner) and /metrics shows them all.
 """
 
 from __future__ import annotations
