@@ -385,12 +385,12 @@ class LocalSession:
             name = next(n for n, part in zip(self.shapes, parts, strict=True) if not self.all_finite(part))
             raise ValueError(f"the gradient of {name!r} has NaN or infinite values (as float32)")
         with torch.no_grad():
-            self.lopt.step(self.config, self.weights, self.flat, self.lopt.LSTMState(self.hc), out_state=self.hc,
-                           out_updates=self.updates)
+            updates, state = self.lopt.step(self.config, self.weights, self.flat, self.lopt.LSTMState(self.hc),
+                                            out_state=self.hc, out_updates=self.updates)
+        self.hc = state.hc
         self.count = step + 1
         sizes = [math.prod(s) for s in self.shapes.values()]
-        return {name: u.view(shape) for (name, shape), u in zip(self.shapes.items(), self.updates.split(sizes),
-                                                                strict=True)}
+        return {name: u.view(shape) for (name, shape), u in zip(self.shapes.items(), updates.split(sizes), strict=True)}
 
     def export(self) -> OptimizerState:
         c = self.checkpoint

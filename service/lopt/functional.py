@@ -23,10 +23,11 @@ __all__ = ["init", "step", "step_autograd"]
 
 def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
          state: LSTMState, *, out_state: torch.Tensor | None = None,
-         out_updates: torch.Tensor | None = None) -> tuple[torch.Tensor, LSTMState]:
+         out_updates: torch.Tensor | None = None, kernel: str = "auto") -> tuple[torch.Tensor, LSTMState]:
     """One optimizer step for every coordinate: returns (updates, new_state). Without autograd, a caller
     that keeps buffers may have the new state written into `out_state` (`state.hc` itself: in place)
-    and the updates into `out_updates` (see kernel.step_inference_); with it they are ignored."""
+    and the updates into `out_updates` (see kernel.step_inference_); with it they are ignored. `kernel`
+    picks the LSTM's inference implementation (kernel.KERNELS)."""
     if grads.dim() != 1:
         raise ValueError(f"grads must be flat (n_coords,), got shape {tuple(grads.shape)}")
     if state.hc.shape[1:] != config.state_shape_per_coord:
@@ -36,11 +37,15 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
         raise ValueError(f"grads has {grads.shape[0]} coordinates, state has {state.n_coords}")
     if config.architecture == "feature_mlp":
         updates, hc = feature_mlp.step(weights, grads, state.hc, config.output_scale, config.num_layers)
+        if out_state is not None and not torch.is_grad_enabled():   # the buffers' contract, for any architecture
+            hc = out_state.copy_(hc)
+            updates = updates if out_updates is None else out_updates.copy_(updates)
         return updates, LSTMState(hc)
     needs_grad = torch.is_grad_enabled() and (
         grads.requires_grad or state.hc.requires_grad or any(w.requires_grad for w in weights.values()))
     if needs_grad:
         return step_autograd(config, weights, grads, state)
     if out_state is None:
-        return step_inference(config, weights, grads, state)
-    return step_inference_(config, weights, grads, state, out_state=out_state, out_updates=out_updates)
+        return step_inference(config, weights, grads, state, kernel=kernel)
+    return step_inference_(config, weights, grads, state, out_state=out_state, out_updates=out_updates,
+                           kernel=kernel)

@@ -1,6 +1,7 @@
 """The step service: sessions that pin an optimizer version and hold its LSTM state between HTTP calls.
 
-    step:  api/sessions.py -> SessionService.step -> _step: checks -> kernel.step_inference_ -> store.commit_step
+    step:  api/sessions.py -> SessionService.step -> _step: checks -> lopt.step (the LSTM: lopt/kernel.py,
+           into the session's spare buffer) -> store.commit_step
 
 A step request carries the number of steps the session has applied so far, which makes it safe to retry:
 
@@ -45,7 +46,7 @@ from service.errors import (
     TooManySessions,
     ValidationError,
 )
-from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig, kernel
+from service.lopt import Checkpoint, CheckpointError, LSTMState, OptimizerConfig
 from service.lopt.tensors import all_finite
 from service.registry.names import MAX_VERSION
 from service.sessions import wire
@@ -104,7 +105,7 @@ class SessionService:
         self.clock = clock
         self._weights: dict[str, tuple[OptimizerConfig, dict[str, torch.Tensor]]] = {}  # by digest
         self._weights_lock = threading.Lock()
-        self.kernel = kernel   # kernel.KERNELS: "auto", "native" or "torch" (L2O_KERNEL)
+        self.kernel = kernel   # lopt.kernel.KERNELS: "auto", "native" or "torch" (L2O_KERNEL)
         self._turns = SessionTurns()   # one step at a time per session, in arrival order
         # Small steps on a memory store run on the event loop: handing them to a worker thread and back
         # costs more than the work. A Redis store's calls wait on the network, so its steps always go
@@ -296,8 +297,8 @@ class SessionService:
         else:
             updates = torch.empty(flat.shape[0], dtype=torch.float32, device=self.device)
         grads = flat if on_host else flat.to(self.device, non_blocking=True)
-        kernel.step_inference_(config, weights, grads, LSTMState(state), out_state=out, out_updates=updates,
-                               kernel=self.kernel)
+        with torch.no_grad():
+            lopt.step(config, weights, grads, LSTMState(state), out_state=out, out_updates=updates, kernel=self.kernel)
         keep = out if self.store.keeps_tensors else buffer
         if keep is not out:
             keep.copy_(out)
