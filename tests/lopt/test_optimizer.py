@@ -88,7 +88,7 @@ def test_checkpoint_rejects_mismatch_and_corruption(tmp_path):
         Checkpoint.from_bytes(data, expected_sha256="0" * 64)
     with pytest.raises(CheckpointError, match="does not match"):
         Checkpoint.from_bytes(data, config=OptimizerConfig(hidden_size=21).to_dict())
-    with pytest.raises(CheckpointError, match="header length"):
+    with pytest.raises(CheckpointError, match="exceeds the body"):
         Checkpoint.from_bytes(data[:100])
     with pytest.raises(CheckpointError):
         Checkpoint.from_bytes(b"garbage!" * 3)
