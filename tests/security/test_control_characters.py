@@ -108,7 +108,7 @@ def world(tmp_path_factory, sqlite_migrated):
     monkeypatch = pytest.MonkeyPatch()
     from tests.security.conftest import HeldExecutor
 
-    monkeypatch.setattr("service.api.jobs.make_executor", lambda settings, db: HeldExecutor())
+    monkeypatch.setattr("service.jobs.lifespan.make_executor", lambda settings, db: HeldExecutor())
     app = create_app(make_settings(tmp_path_factory.mktemp("ctl"), sqlite_migrated))
     try:
         with ServerThread(app) as url:

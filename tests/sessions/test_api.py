@@ -224,8 +224,8 @@ def test_the_step_kernel_is_warmed_up_at_start(settings, monkeypatch):
 
     warmed = []
     real_warmup = kernel.warmup
-    monkeypatch.setattr(kernel, "warmup", lambda config, device: warmed.append((config, str(device)))
-                        or real_warmup(config, device))
+    monkeypatch.setattr(kernel, "warmup", lambda config, device, *rest: warmed.append((config, str(device)))
+                        or real_warmup(config, device, *rest))
     app = create_app(settings)
     assert warmed == []
     with TestClient(app) as client:
