@@ -12,10 +12,12 @@ Kept beside the torch path for speed: bench/step.py measures it at several times
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import platform
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,27 @@ class Arch:
         return f"l2o_lstm_{self.hidden}x{self.layers}x{self.inputs}{'l' if self.log_sign else 'n'}_{tag}_{cpu_key()}"
 
 
+@contextlib.contextmanager
+def _builder_flock(build_dir: Path) -> Iterator[None]:
+    """cpp_extension marks a build in progress with a plain `lock` file and waits for it to go away: a
+    build killed midway (a Ctrl-C on the first `l2o serve`) leaves it behind and every later start waits
+    forever. An flock, which the kernel drops when its holder dies, goes around it: whoever holds the
+    flock is the only builder alive, so a `lock` file it finds is stale and is removed."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: cpp_extension's own lock alone
+        yield
+        return
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "l2o.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class NativeKernel:
     """One loaded operator: packs weights into its layout and runs steps."""
 
@@ -72,8 +95,9 @@ class NativeKernel:
         defines = [f"-DHID={arch.hidden}", f"-DNL={arch.layers}", f"-DNIN={arch.inputs}",
                    f"-DLOG_SIGN={int(arch.log_sign)}", f"-DL2O_NS={name}"]
         try:
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=[*FLAGS, f"-march={march}", *defines],
-                               is_python_module=False, verbose=False)
+            with _builder_flock(Path(cpp_extension._get_build_directory(name, verbose=False))):
+                cpp_extension.load(name, [str(SOURCE)], extra_cflags=[*FLAGS, f"-march={march}", *defines],
+                                   is_python_module=False, verbose=False)
         except Exception as exc:   # no compiler, no ninja, a failed build: all mean the torch path
             raise NativeError(f"building {SOURCE.name} failed: {str(exc).strip()[-2000:]}") from exc
         self.ops = getattr(torch.ops, name)
