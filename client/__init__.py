@@ -4,7 +4,7 @@
 
     l2o = Client()              # L2O_URL (default http://127.0.0.1:8000) and L2O_API_KEY, else the key
                                 # file the embedded server writes (<data dir>/admin.key)
-    opt = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=l2o)
+    opt = RemoteOptimizer(model.parameters(), optimizer="general-mlp", client=l2o)
     loss.backward(); opt.step(); opt.zero_grad()
 
 `pip install .` brings only what the SDK needs (httpx, httpx-sse, numpy, safetensors, platformdirs, torch), and

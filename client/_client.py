@@ -2,7 +2,7 @@
 
     from client import Client
     with Client() as l2o:                       # L2O_URL / L2O_API_KEY, else the embedded server's key file
-        session = l2o.sessions.create("quadratic-lstm", {"w": [3]})
+        session = l2o.sessions.create("general-mlp", {"w": [3]})
         result = l2o.sessions.step(session.id, step=0, grads={"w": [0.1, -0.2, 0.3]})
 """
 

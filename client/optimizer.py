@@ -2,14 +2,14 @@
 runs the same registry version in this process. Given the same gradients they make the same updates, bit
 for bit, and their state_dicts are interchangeable.
 
-    with RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client()) as opt:
+    with RemoteOptimizer(model.parameters(), optimizer="general-mlp", client=Client()) as opt:
         for x, y in data:
             opt.zero_grad()
             loss_fn(model(x), y).backward()
             opt.step()                           # sends every gradient, applies θ ← θ + update in place
         torch.save(opt.state_dict(), "opt.pt")   # includes the server-side LSTM state and the step count
     # leaving the block deleted the session
-    opt2 = RemoteOptimizer(model.parameters(), optimizer="quadratic-lstm", client=Client())
+    opt2 = RemoteOptimizer(model.parameters(), optimizer="general-mlp", client=Client())
     opt2.load_state_dict(torch.load("opt.pt"))   # the next step resumes the run in a new session
 
 What the optimizer updates: the parameters that have a gradient at its first step, and any that gain one
@@ -404,7 +404,7 @@ class LocalSession:
 class LocalOptimizer(LearnedOptimizer):
     """The same learned optimizer, run in this process (offline, no round trips).
 
-    Either download a registry version, `LocalOptimizer(params, optimizer="quadratic-lstm", client=Client())`,
+    Either download a registry version, `LocalOptimizer(params, optimizer="general-mlp", client=Client())`,
     or load a checkpoint: `LocalOptimizer(params, checkpoint=client.optimizers.download(ref))`, or a
     safetensors file / bytes. Needs the `service.lopt` core of this package (torch only), whose kernel is
     the one the server steps with: that is what makes the updates equal, bit for bit."""

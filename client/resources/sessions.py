@@ -1,6 +1,6 @@
 """`client.sessions`: sessions pin one optimizer version and hold its LSTM state between steps.
 
-    s = l2o.sessions.create("quadratic-lstm", {"fc.weight": [2, 3], "fc.bias": [2]})
+    s = l2o.sessions.create("general-mlp", {"fc.weight": [2, 3], "fc.bias": [2]})
     r = l2o.sessions.step(s.id, step=0, grads={"fc.weight": gw, "fc.bias": gb})    # θ ← θ + r.updates[name]
     state = l2o.sessions.state(s.id)                  # take the state away ...
     s2 = l2o.sessions.resume(state)                   # ... and continue it in a new session

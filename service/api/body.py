@@ -83,12 +83,14 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         scope[LIMIT_SCOPE_KEY] = (self.limit, self.setting)
-        received, answered = 0, False
+        received, answered, complete = 0, False, False
         declared = _content_length(scope)
 
         async def receive_within_limit() -> dict[str, Any]:
-            nonlocal received
-            if answered:  # a streaming response listening for the disconnect: the body no longer matters
+            nonlocal received, complete
+            # Once the body is in (or the answer has started), a receive is a streaming response waiting for
+            # the client to hang up, for as long as the stream lasts: no body timeout applies to it.
+            if answered or complete:
                 return await receive()
             limit, setting = scope[LIMIT_SCOPE_KEY]  # read_body may have raised it for this request
             if declared is not None and declared > limit:
@@ -101,6 +103,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise BodyTooLarge(None, limit, setting)
+                complete = not message.get("more_body", False)
             return message
 
         async def send_noting_the_answer(message: dict[str, Any]) -> None:

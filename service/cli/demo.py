@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PREFERRED = ("digits-mlp-lstm", "quadratic-lstm")
+PREFERRED = ("general-mlp", "digits-mlp-lstm", "quadratic-lstm")
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MLP = {"hidden_sizes": [20], "activation": "sigmoid", "batch_size": 128}
 # A job that meta-trains in seconds on a CPU: enough to see it queued, running and published.
@@ -150,7 +150,7 @@ def demo(args: argparse.Namespace, base_url: str, *, own_server: bool) -> int:
             params = mlp_params(version.config or {})
             print(f"optimizer: {version.reference} (sha256 {version.sha256[:12]}...), "
                   f"meta-trained on {describe(version.config or {})}")
-            if ((version.config or {}).get("trained_on") or {}).get("family") != "mlp":
+            if ((version.config or {}).get("trained_on") or {}).get("family") not in ("mlp", "mixture"):
                 print("  (meta-trained on another task family: the paper finds such optimizers generalise only "
                       "so far, so expect it to trail Adam here)")
             print(f"task: an MLP {64}-{'-'.join(map(str, params['hidden_sizes']))}-10 ({params['activation']}) on "
