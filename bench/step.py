@@ -54,11 +54,12 @@ import torch
 from bench.reference import ReferenceLSTM
 from bench.server import OPTIMIZER, Server
 from client import Client
-from service.lopt import CoordinatewiseLSTM, LSTMState, OptimizerConfig, kernel, state_nbytes
+from service.lopt import Checkpoint, CoordinatewiseLSTM, LSTMState, OptimizerConfig, init, kernel, state_nbytes
 
 SIZES = (10_000, 100_000, 1_000_000)
 GPU_SIZES = (100_000, 1_000_000, 10_000_000)
 JSON_MAX_COORDS = 100_000
+PRETRAINED = Path(__file__).resolve().parent.parent / "service" / "pretrained"
 REFERENCE_CHUNK = 16_384
 BACK_TO_BACK, BACK_TO_BACK_MAX_COORDS = 8, 100_000
 NOISY_SPREAD = 0.25      # interquartile range / median above which a measurement is taken again
@@ -163,6 +164,24 @@ def _double_buffered(bench: Bench, n: int, dtype: torch.dtype) -> Callable[[], o
     return call
 
 
+def feature_mlp_ns(bench: Bench, n: int) -> Callable[[], object]:
+    """The shipped feature MLP's server step (service/pretrained/general-mlp), double buffered as `step_ns`,
+    on the same gradients: the second architecture against the LSTM."""
+    if "feature_mlp" not in bench.shared:
+        ckpt = Checkpoint.load(PRETRAINED / "general-mlp")
+        bench.shared["feature_mlp"] = (ckpt.config, {k: v.to(bench.device) for k, v in ckpt.weights.items()})
+    config, weights = bench.shared["feature_mlp"]
+    grads, _ = bench.inputs(n)
+    buffers = [init(config, n, device=bench.device).hc, init(config, n, device=bench.device).hc]
+    updates = torch.empty(n, device=bench.device)
+
+    def call() -> None:
+        kernel.step_inference_(config, weights, grads, LSTMState(buffers[0]), out_state=buffers[1],
+                               out_updates=updates)
+        buffers.reverse()
+    return call
+
+
 def remote_binary_ns(bench: Bench, n: int) -> Callable[[], object] | None:
     """A step through the SDK (`client.sessions.step`, safetensors body) against a real `l2o serve` on
     127.0.0.1: encoding, HTTP both ways, the server's checks, step and commit, decoding the answer."""
@@ -232,7 +251,7 @@ def _back_to_back(call: Callable[[], object], n: int) -> Callable[[], object] | 
 
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
     reference_ns, reference_1thread_ns, reference_chunked_ns,
-    step_ns, step_pure_ns, step_bf16_ns,
+    step_ns, step_pure_ns, step_bf16_ns, feature_mlp_ns,
     remote_binary_ns, remote_json_ns,
     step_back_to_back_ns, remote_binary_back_to_back_ns,
 ]
@@ -254,8 +273,11 @@ def limit(bench: Bench) -> dict[str, float]:
 
 
 def memory(bench: Bench) -> dict[str, Any]:
+    feature = Checkpoint.load(PRETRAINED / "general-mlp").config
     return {"state_bytes_per_coord": {str(d).removeprefix("torch."): state_nbytes(bench.config, 1, d)
-                                      for d in kernel.STATE_DTYPES}}
+                                      for d in kernel.STATE_DTYPES},
+            "feature_mlp_state_bytes_per_coord": {str(d).removeprefix("torch."): state_nbytes(feature, 1, d)
+                                                  for d in kernel.STATE_DTYPES}}
 
 
 def startup_s(bench: Bench) -> float:
@@ -456,6 +478,8 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
                 state_nbytes(bench.config, 1) / lim["copy_gbs"])
     for row in result["sizes"].values():
         row["limit_ns"] = floor
+        if row.get("feature_mlp_ns") and row.get("step_ns"):
+            row["feature_mlp_over_step"] = row["feature_mlp_ns"] / row["step_ns"]
         if row.get("step_ns"):
             # Like for like: nn.LSTMCell's best variant against our step, both allocating their outputs.
             best = min(row[k] for k in ("reference_ns", "reference_1thread_ns", "reference_chunked_ns") if row.get(k))
@@ -473,10 +497,11 @@ def table(result: dict[str, Any]) -> str:
     cols = [("coords", None), ("reference", "reference_ns"), ("ref 1 thread", "reference_1thread_ns"),
             ("ref chunked", "reference_chunked_ns"),
             ("step", "step_ns"), ("step pure", "step_pure_ns"), ("step bf16", "step_bf16_ns"),
-            ("limit", "limit_ns"), ("pure/best ref", "speedup"), ("x limit", "times_limit"),
+            ("feature mlp", "feature_mlp_ns"), ("mlp / step", "feature_mlp_over_step"), ("limit", "limit_ns"), ("pure/best ref", "speedup"), ("x limit", "times_limit"),
             ("remote bin", "remote_binary_ns"), ("bin / step", "remote_binary_over_step"),
             ("remote json", "remote_json_ns"), ("json / step", "remote_json_over_step")]
-    ratios = ("speedup", "times_limit", "remote_binary_over_step", "remote_json_over_step")
+    ratios = ("speedup", "times_limit", "remote_binary_over_step", "remote_json_over_step",
+              "feature_mlp_over_step")
     lines = ["  ".join(f"{c:>13}" for c, _ in cols)]
     for n, row in result["sizes"].items():
         cells = [f"{int(n):>13,}"]
@@ -486,7 +511,7 @@ def table(result: dict[str, Any]) -> str:
                          else f"{v:>13.1f}")
         lines.append("  ".join(cells))
     for n, row in result["sizes"].items():
-        cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:7]
+        cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:8]
                         if row.get(key) is not None)
         lines.append(f"CPU ns per coordinate, all threads, at {int(n):,}: {cpu}")
     for n, row in result["sizes"].items():
@@ -509,7 +534,8 @@ def table(result: dict[str, Any]) -> str:
                  f"{lim['copy_gbs']:.2f} GB/s on {where}; backend {env['backend']}; "
                  + (f"start-up {result['startup_s']:.2f} s cold, {result['startup_cached_s']:.3f} s cached; "
                     if result.get("startup_s") is not None and result.get("startup_cached_s") is not None else "")
-                 + f"state {result['memory']['state_bytes_per_coord']} bytes/coord")
+                 + f"state {result['memory']['state_bytes_per_coord']} bytes/coord (feature MLP "
+                 f"{result['memory'].get('feature_mlp_state_bytes_per_coord')})")
     if result.get("server_ready_s") is not None:
         lines.append(f"l2o serve: process start to ready in {result['server_ready_s']:.2f} s "
                      "(kernel warm-up included)")
