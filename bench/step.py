@@ -497,7 +497,8 @@ def table(result: dict[str, Any]) -> str:
     cols = [("coords", None), ("reference", "reference_ns"), ("ref 1 thread", "reference_1thread_ns"),
             ("ref chunked", "reference_chunked_ns"),
             ("step", "step_ns"), ("step pure", "step_pure_ns"), ("step bf16", "step_bf16_ns"),
-            ("feature mlp", "feature_mlp_ns"), ("mlp / step", "feature_mlp_over_step"), ("limit", "limit_ns"), ("pure/best ref", "speedup"), ("x limit", "times_limit"),
+            ("feature mlp", "feature_mlp_ns"), ("mlp / step", "feature_mlp_over_step"),
+            ("limit", "limit_ns"), ("pure/best ref", "speedup"), ("x limit", "times_limit"),
             ("remote bin", "remote_binary_ns"), ("bin / step", "remote_binary_over_step"),
             ("remote json", "remote_json_ns"), ("json / step", "remote_json_over_step")]
     ratios = ("speedup", "times_limit", "remote_binary_over_step", "remote_json_over_step",
