@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-shipped", action="store_true", help="leave out the shipped optimizers")
     parser.add_argument("--evaluation", metavar="NAME=PATH",
                         help="also write optimizer NAME's report, in the registry's evaluation shape, to PATH")
-    parser.add_argument("--reuse", type=Path, metavar="JSON",
-                        help="an earlier run's JSON (same --quick or not): its optimizers are not run again")
+    parser.add_argument("--reuse", type=Path, metavar="JSON", action="append", default=[],
+                        help="an earlier run's JSON (same --quick or not): its optimizers are not run again "
+                             "(repeatable: runs over different problems combine)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; these problems are small enough that more threads only add waiting")
     args = parser.parse_args(argv)
@@ -268,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown problems {unknown}; known: {[p.name for p in PROBLEMS]}")
     reused = {}
-    if args.reuse:
-        earlier = json.loads(args.reuse.read_text())
+    for path in args.reuse:
+        earlier = json.loads(path.read_text())
         if (earlier["report_steps"], earlier["seeds"]) != (report, seeds):
-            parser.error(f"{args.reuse} has steps {earlier['report_steps']} on {earlier['seeds']} seeds, not {report}")
-        reused = {r["problem"]: r for r in earlier["problems"]}
+            parser.error(f"{path} has steps {earlier['report_steps']} on {earlier['seeds']} seeds, not {report}")
+        reused.update({r["problem"]: r for r in earlier["problems"]})
     began = time.perf_counter()
     rows = []
     for problem in problems:

@@ -96,7 +96,12 @@ def estimate(spec: JobSpec) -> Price:
     def coords(instances: int) -> int:
         return min(instances * f.params, f.max_batch_params or math.inf)
 
-    kept = t.unroll * kept_per_step(s) + resident(s)
+    if config.architecture == "feature_mlp":
+        # Measured: the mixture recipe's largest batch (42k coordinates, unrolls of 25, hidden 2 x 32) peaked
+        # at 169 floats per coordinate per unrolled step, resident included; this sits above it.
+        kept = t.unroll * (3 * config.num_layers * config.hidden_size + 14) + 4 * config.state_floats_per_coord
+    else:
+        kept = t.unroll * kept_per_step(s) + resident(s)
     per_instance = f.data + (t.unroll + 1) * f.activations
     validation = coords(t.eval_instances) * (s + 8) + t.eval_instances * (f.data + f.activations)
     training_bytes = FLOAT_BYTES * (coords(t.instances) * kept + t.instances * per_instance + validation)
@@ -105,8 +110,10 @@ def estimate(spec: JobSpec) -> Price:
 
     # Each step: the optimizee's loss and gradient, the optimizer's forward and backward over every coordinate.
     validations = math.ceil(t.iterations / t.eval_every)
-    training_flops = (t.iterations * t.horizon * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
-                      + validations * t.horizon * (t.eval_instances * f.flops + coords(t.eval_instances) * lopt))
+    horizon = t.max_horizon or t.horizon  # the longest an iteration can draw
+    training_flops = (t.iterations * horizon * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
+                      + validations * horizon * t.eval_problems
+                      * (t.eval_instances * f.flops + coords(t.eval_instances) * lopt))
     steps, baselines = spec.eval_steps, len(ev.baselines)
     tuning = baselines * len(ev.lr_grid) * steps * (ev.tune_instances * f.flops + 10 * coords(ev.tune_instances))
     evaluating = steps * (ev.instances * (baselines + 1) * (f.flops + f.eval_flops) + coords(ev.instances) * lopt)

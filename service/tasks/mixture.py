@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from service.tasks.base import split_seed
+from service.tasks.base import Footprint, split_seed
 from service.tasks.digits import Layout, digits_split
 from service.tasks.functional import Dataset, FunctionalBatch
 from service.tasks.quadratic import QuadraticFamily
@@ -116,6 +116,17 @@ class MixtureFamily:
     def params(self) -> dict[str, Any]:
         return {"max_coords": self.max_coords, "max_width": self.max_width, "max_depth": self.max_depth,
                 "rescale": self.rescale}
+
+    def footprint(self) -> Footprint:
+        """The largest problem the mixture can draw: the widest, deepest MLP on the digits (64 inputs, 10
+        classes), with minibatches of the largest size; a batch holds at most `max_coords` coordinates."""
+        w, d = self.max_width, self.max_depth
+        params = 64 * w + (d - 1) * w * w + 10 * w + d * w + 10
+        per_example = 64 + 3 * d * w + 20  # inputs, each layer before and after its activation (and norm)
+        batch = max(BATCH_SIZES)
+        return Footprint(params=params, data=1024 * (64 + 10), activations=batch * per_example,
+                         flops=6 * params * batch, eval_flops=2 * params * 2048,
+                         max_batch_params=self.max_coords)
 
     def describe(self, seed: int, split: str = "train") -> dict[str, Any]:
         """The problem a seed draws (what `sample` builds), as plain data."""

@@ -71,7 +71,11 @@ def test_the_estimate_grows_with_what_the_job_holds():
 def test_every_family_prices_its_own_size(name):
     family = make_family(name)
     fp = price.footprint(family)
-    assert fp.params == family.sample(1, 0).dim  # the estimate counts the coordinates the run will have
+    if fp.max_batch_params is None:
+        assert fp.params == family.sample(1, 0).dim  # the estimate counts the coordinates the run will have
+    else:  # a family of varied problems prices its largest; no batch it draws holds more than the bound
+        dims = [family.sample(4, seed).dim for seed in range(6)]
+        assert all(d <= fp.params and 4 * d <= fp.max_batch_params for d in dims)
     assert min(fp.params, fp.flops, fp.eval_flops) > 0 and min(fp.data, fp.activations) >= 0
 
 
