@@ -62,11 +62,17 @@ class ProcessConfig:
         return cls(settings.db_url, settings.job_max_memory_bytes, settings.job_stop_grace_s, settings.log_level)
 
 
-def warm_up() -> None:
-    """Start the forkserver now (its imports take seconds) rather than when the first job comes."""
+def warm_up(*, wait: bool = False) -> None:
+    """Start the forkserver now (its imports take seconds) rather than when the first job comes; with
+    `wait`, return once it has finished them (it has forked a child)."""
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
+    if wait:
+        child = _CONTEXT.Process(target=os.getpid, name="l2o-warm-up")
+        child.start()
+        child.join()
+        child.close()
 
 
 def run_in_process(job_id: str, config: RunnerConfig, process: ProcessConfig,

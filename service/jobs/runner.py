@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -84,18 +83,15 @@ class RunnerConfig:
 
 
 def run_job(job_id: str, db: Database, config: RunnerConfig = RunnerConfig(), *,
-            should_interrupt: Callable[[], bool] | None = None, wait_for_lease_s: float = 0.0,
-            takeover: bool = False) -> Outcome:
+            should_interrupt: Callable[[], bool] | None = None, takeover: bool = False) -> Outcome:
     """Run job `job_id` to its end, or until `should_interrupt()` (the worker is stopping) says to hand it back.
 
-    When a live-looking lease holds the job, wait up to `wait_for_lease_s` for it to lapse (a worker that
-    was just found dead may still look alive for a moment), then give up: the holder runs it. With
-    `takeover` the caller knows no one else runs the job (procrastinate's lock says so): a running job is
-    taken over whoever its last owner was.
+    A job held by a live-looking lease is left to its holder. With `takeover` the caller knows no one else
+    runs the job (procrastinate's lock says so): a running job is taken over whoever its last owner was.
     """
     owner = lease.acquire()
     try:
-        if not _claim(db, job_id, owner, config, wait_for_lease_s, takeover):
+        if not _claim(db, job_id, owner, config, takeover):
             return Outcome.SKIPPED
         run = _Run(db, job_id, owner, config, should_interrupt)
         with run.heartbeat:
@@ -126,26 +122,19 @@ def failure_reason(exc: Exception) -> str:
     return text
 
 
-def _claim(db: Database, job_id: str, owner: str, config: RunnerConfig, wait_s: float, takeover: bool) -> bool:
-    deadline = time.monotonic() + wait_s
-    while True:
-        with db.session() as s:
-            job = repo.get_job(s, job_id)
-            if job is None:
-                log.warning("job %s does not exist", job_id)
-                return False
-            if job.state in repo.TERMINAL:
-                return False
-            void = job.lease_owner if job.state == repo.RUNNING and lease.is_void(job.lease_owner) else None
-            stale_before = utcnow() - timedelta(seconds=config.lease_s) if config.leases else None
-            claimed = repo.claim(s, job_id, owner, stale_before=stale_before, void_owner=void, takeover=takeover)
-            s.commit()
-        if claimed:
-            return True
-        left = deadline - time.monotonic()
-        if left <= 0:
+def _claim(db: Database, job_id: str, owner: str, config: RunnerConfig, takeover: bool) -> bool:
+    with db.session() as s:
+        job = repo.get_job(s, job_id)
+        if job is None:
+            log.warning("job %s does not exist", job_id)
             return False
-        time.sleep(min(left, max(config.lease_s / 10, 0.05)))
+        if job.state in repo.TERMINAL:
+            return False
+        void = job.lease_owner if job.state == repo.RUNNING and lease.is_void(job.lease_owner) else None
+        stale_before = utcnow() - timedelta(seconds=config.lease_s) if config.leases else None
+        claimed = repo.claim(s, job_id, owner, stale_before=stale_before, void_owner=void, takeover=takeover)
+        s.commit()
+    return claimed
 
 
 class _Heartbeat(threading.Thread):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from service.config import Settings
-from service.jobs import queue
+from service.jobs import process, queue
 from service.jobs.executor import executor_name
 from service.jobs.process import ProcessConfig
 from service.jobs.runner import RunnerConfig
@@ -49,6 +49,13 @@ def tiny_spec(name: str, **sections: dict[str, Any]) -> dict[str, Any]:
 # A spec that goes to NaN in its first iteration: a deep ReLU net whose weights jump by up to 9e5 a step.
 DIVERGING = {"family": {"name": "mlp", "params": {"hidden_sizes": [4] * 8, "activation": "relu", "batch_size": 8}},
              "optimizer": {"hidden_size": 4, "num_layers": 1, "preprocess": "none", "output_scale": 9e5}}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def job_forkserver() -> None:
+    """Jobs run in processes forked from a forkserver whose imports take seconds (a minute on a loaded
+    machine): paid once here, not inside the first test's deadlines."""
+    process.warm_up(wait=True)
 
 
 @pytest.fixture
