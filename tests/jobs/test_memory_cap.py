@@ -51,7 +51,9 @@ def test_a_job_past_the_memory_cap_fails_and_the_api_lives_on(settings, client, 
 
 
 def test_the_job_runs_in_another_process(settings):
-    job_id = make_job(settings, tiny_spec("elsewhere"), dispatch=False)
+    # Long enough (a few seconds) that the supervisor, polling every 0.2 s, sees the job holding its lease.
+    spec = tiny_spec("elsewhere", training={"iterations": 120, "resume_every": 40})
+    job_id = make_job(settings, spec, dispatch=False)
     seen: list[str] = []
 
     def look() -> bool:  # the supervisor's should_stop, asked while the job runs

@@ -38,7 +38,7 @@ export function evaluationChart(el, report) {
     series: names.map((name, i) => ({
       label: name === "lstm" ? "LSTM (learned)" : name === learnedName(report) ? `${name} (learned)` : name,
       values: report.curves[name].mean,
-      color: colorOf(name, i),
+      color: name === learnedName(report) ? colorOf("lstm") : colorOf(name, i),  // the learned one is violet
       width: name === learnedName(report) ? 3 : 2,
     })),
   });
