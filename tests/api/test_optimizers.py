@@ -121,6 +121,8 @@ def blows_up(make_checkpoint) -> bytes:
     ("empty", 422, "invalid_checkpoint", "not a valid safetensors file"),
     ("digest", 400, "digest_mismatch", "was declared"),
     ("architecture", 422, "invalid_checkpoint", "config implies"),
+    ("unknown-architecture", 422, "invalid_checkpoint", "architecture must be one of"),
+    ("lstm-field-on-feature-mlp", 422, "invalid_checkpoint", "preprocess applies to the lstm architecture only"),
     ("non-finite", 422, "invalid_checkpoint", "non-finite updates"),
     ("oversize", 413, "payload_too_large", "L2O_MAX_UPLOAD_BYTES"),
     ("oversize-streamed", 413, "payload_too_large", "L2O_MAX_UPLOAD_BYTES"),
@@ -140,6 +142,10 @@ def test_bad_uploads_are_refused_and_nothing_is_written(client, admin_headers, m
         extra = {"X-L2O-SHA256": sha256_hex(good[:-1])}
     elif case == "architecture":
         data = arch_mismatch(make_checkpoint)
+    elif case in ("unknown-architecture", "lstm-field-on-feature-mlp"):
+        claims = {"unknown-architecture": {"architecture": "transformer"},
+                  "lstm-field-on-feature-mlp": {"architecture": "feature_mlp", "preprocess": "none"}}[case]
+        data = st_save(st_load(good), metadata={"format": "l2o-lstm/1", "config": json.dumps(claims)})
     elif case == "non-finite":
         data = blows_up(make_checkpoint)
     elif case == "oversize":

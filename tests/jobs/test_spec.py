@@ -46,6 +46,8 @@ def test_a_stored_spec_reads_back_the_same():
     ({"name": "p", "training": {"unroll": 30}}, ("training",)),
     ({"name": "p", "evaluation": {"steps": 0}}, ("evaluation", "steps")),
     ({"name": "p", "optimizer": {"hidden_size": 0}}, ("optimizer", "hidden_size")),
+    ({"name": "p", "optimizer": {"architecture": "transformer"}}, ("optimizer", "architecture")),
+    ({"name": "p", "training": {"meta_loss": "mse"}}, ("training", "meta_loss")),
 ])
 def test_refused_specs_point_at_the_field(spec, loc):
     with pytest.raises(ValidationError) as info:
