@@ -48,10 +48,11 @@ class DroppingTransport(httpx.AsyncBaseTransport):
     """Loses a fraction of step answers on the way back: the server applied the step, the client never
     hears of it, as when a connection breaks after the request went out."""
 
-    def __init__(self, rate: float, seed: int) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+    def __init__(self, rate: float, seed: int, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.inner = inner or httpx.AsyncHTTPTransport()
         self.rate, self.rng = rate, random.Random(seed)
         self.dropped = 0
+        self.lost: list[bytes] = []   # the answers thrown away: a retry must be answered with these bytes
         self.round_trips: list[float] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -63,6 +64,7 @@ class DroppingTransport(httpx.AsyncBaseTransport):
             if self.rng.random() < self.rate:
                 await response.aclose()
                 self.dropped += 1
+                self.lost.append(response.content)
                 raise httpx.ReadError("answer dropped on purpose by the load bench", request=request)
         return response
 

@@ -29,21 +29,36 @@ def test_the_heartbeat_beats_while_its_check_passes_and_is_removed_after(tmp_pat
     path = tmp_path / "data" / "worker.alive"
     ok = threading.Event()
     ok.set()
+    checked = threading.Condition()
+    calls = 0
 
     def check() -> None:
+        nonlocal calls
+        with checked:
+            calls += 1
+            checked.notify_all()
         if not ok.is_set():
             raise ConnectionError("database down")
 
-    with heartbeat(path, check, interval_s=0.02):
-        time.sleep(0.1)
+    def checks_begun(after: int) -> None:
+        """Wait until the beat loop has begun a check past `after`: every beat before that one is done."""
+        with checked:
+            assert checked.wait_for(lambda: calls > after, timeout=10), "the heartbeat stopped checking"
+
+    def age() -> float:
+        return time.time() - path.stat().st_mtime
+
+    with heartbeat(path, check, interval_s=0.01):
+        checks_begun(1)   # the first beat (a passing check, then the touch) is done
         assert path.exists()
         ok.clear()
+        checks_begun(calls)   # a check that fails has begun: any touch of a passing one is done
         os.utime(path, (time.time() - 100, time.time() - 100))
-        time.sleep(0.1)
-        assert time.time() - path.stat().st_mtime > 50  # a failing check stops the beats
+        checks_begun(calls + 1)   # two beats whose checks failed, the first of them done
+        assert age() > 50  # a failing check stops the beats
         ok.set()
-        time.sleep(0.1)
-        assert time.time() - path.stat().st_mtime < 5
+        checks_begun(calls + 1)   # a beat whose check passed is done
+        assert age() < 5
     assert not path.exists()
 
 

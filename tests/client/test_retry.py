@@ -172,7 +172,7 @@ class SlowList(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.peers.add(self.client_address)
-        time.sleep(0.05)
+        time.sleep(0.05)   # the behaviour under test: a slow answer, so that the calls overlap and queue
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2")

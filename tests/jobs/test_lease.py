@@ -19,6 +19,7 @@ def test_a_live_owner_keeps_its_lease_and_a_released_one_does_not():
 
 
 def test_an_owner_whose_process_died_is_void():
+    # A process that lives until the test kills it (the 60 s only bound it should the test die first).
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     *_, token, scope = lease.acquire().split("/")
     owner = f"host/{child.pid}/{token}/{scope}"

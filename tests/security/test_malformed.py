@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -238,13 +237,25 @@ class MemorySampler:
 
     def __init__(self, pid: int) -> None:
         self.pid, self.baseline, self.peak = pid, rss(pid), 0
+        self.samples = 0
+        self._sampled = threading.Condition()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._done.is_set():
-            self.peak = max(self.peak, rss(self.pid))
-            self._done.wait(0.001)
+            peak = max(self.peak, rss(self.pid))
+            with self._sampled:
+                self.peak = peak
+                self.samples += 1
+                self._sampled.notify_all()
+            self._done.wait(0.001)   # the sampling interval
+
+    def wait_for_samples(self, n: int, timeout: float = 10.0) -> None:
+        """Wait until `n` more samples have been taken from now."""
+        with self._sampled:
+            target = self.samples + n
+            assert self._sampled.wait_for(lambda: self.samples >= target, timeout), "the sampler stopped"
 
     def __enter__(self) -> MemorySampler:
         self.peak = self.baseline
@@ -275,7 +286,7 @@ def test_the_sampler_sees_current_use_where_a_high_water_mark_reads_zero():
             proc.stdin.write("\n")
             proc.stdin.flush()
             maxrss_after = int(proc.stdout.readline())
-            time.sleep(0.05)   # a few samples while the 200 MiB is held (the child waits on its stdin)
+            sampler.wait_for_samples(3)   # taken while the 200 MiB is held (the child waits on its stdin)
         proc.stdin.write("\n")
         proc.stdin.flush()
     finally:

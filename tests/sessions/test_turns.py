@@ -41,16 +41,23 @@ async def _enter(turns: SessionTurns, session: str) -> None:
 async def test_a_request_cancelled_while_waiting_leaves_the_turns_as_they_were():
     turns = SessionTurns()
     order: list[str] = []
+    holding, release, queued = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def hold() -> None:
         async with turns.of("a"):
-            await asyncio.sleep(0.02)
+            holding.set()
+            await release.wait()
             order.append("first")
 
+    async def wait_for_a_turn() -> None:
+        queued.set()   # a task runs on until it blocks: when the test next runs, this one waits for the lock
+        async with turns.of("a"):
+            order.append("cancelled")
+
     first = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    waiting = asyncio.create_task(_enter(turns, "a"))
-    await asyncio.sleep(0)
+    await holding.wait()
+    waiting = asyncio.create_task(wait_for_a_turn())
+    await queued.wait()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -59,7 +66,9 @@ async def test_a_request_cancelled_while_waiting_leaves_the_turns_as_they_were()
         async with turns.of("a"):
             order.append("third")
 
-    await asyncio.gather(first, third())
+    later = asyncio.create_task(third())
+    release.set()
+    await asyncio.gather(first, later)
     assert order == ["first", "third"] and len(turns) == 0
 
 
