@@ -9,6 +9,7 @@ from sqlalchemy import text
 from service.registry.db import Database
 from tests.jobs.conftest import tiny_spec, wait_for
 from tests.jobs.test_recovery import make_job, read, versions_of, worker_process
+from tests.record import record
 
 N_JOBS = 10
 
@@ -33,9 +34,6 @@ def test_two_workers_drain_ten_jobs_each_once(settings, tmp_path):
             p.kill()
             p.wait()
     rows = [read(settings, j) for j in jobs]
-    assert [r.state for r in rows] == ["succeeded"] * N_JOBS, [r.error for r in rows]
-    assert [r.attempts for r in rows] == [1] * N_JOBS  # claimed once each: nobody ran a job twice
-    assert [versions_of(settings, j) for j in jobs] == [1] * N_JOBS
     db = Database(settings.db_url)
     try:
         with db.session() as s:  # procrastinate ran one task per job, once, and it succeeded
@@ -44,6 +42,13 @@ def test_two_workers_drain_ten_jobs_each_once(settings, tmp_path):
                                    "ON v.optimizer_id = o.id GROUP BY o.name")).all()
     finally:
         db.dispose()
+    record("scale_out:workers", workers=len(procs), jobs=N_JOBS,
+           succeeded=sum(r.state == "succeeded" for r in rows), runs=sum(r.attempts for r in rows),
+           versions=sum(versions_of(settings, j) for j in jobs), tasks=len(tasks),
+           tasks_once=sum((t.status, t.attempts) == ("succeeded", 1) for t in tasks))
+    assert [r.state for r in rows] == ["succeeded"] * N_JOBS, [r.error for r in rows]
+    assert [r.attempts for r in rows] == [1] * N_JOBS  # claimed once each: nobody ran a job twice
+    assert [versions_of(settings, j) for j in jobs] == [1] * N_JOBS
     assert sorted(t.lock for t in tasks) == sorted(jobs)
     assert {(t.status, t.attempts) for t in tasks} == {("succeeded", 1)}
     assert sorted(names) == sorted((f"drained-{i}", 1) for i in range(N_JOBS))
