@@ -73,7 +73,7 @@ def servers(database, server_factory, redis_prefix, tmp_path) -> list[ServeProce
     made = [server_factory(database_url=database, session_store=REDIS_URL, session_key_prefix=redis_prefix,
                            data_dir=str(tmp_path / f"data-{i}")) for i in range(2)]
     for server in made:   # one after the other: the first registers `opt`, the second finds it registered
-        server.start(timeout=180)
+        server.start(timeout=300)   # a first start may build the step operator (minutes on a loaded machine)
     return made
 
 
