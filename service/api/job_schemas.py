@@ -31,11 +31,14 @@ class JobResult(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    name: str = Field(description="the registry name the result is published under")
+    kind: Literal["train", "evaluate"] = Field(
+        description="train: meta-train and publish a version; evaluate: evaluate a registered version and "
+                    "attach the report to it")
+    name: str = Field(description="the registry name the result is published under (or evaluated)")
     state: JobState
     progress: JobProgress
     error: str | None = Field(description="why the job failed")
-    result: JobResult | None = Field(description="the registry version the job produced")
+    result: JobResult | None = Field(description="the registry version the job produced (or evaluated)")
     cancel_requested: bool
     attempts: int = Field(description="how many times a worker started the job")
     device: str | None = Field(description="where it trains: cpu or cuda")
@@ -51,7 +54,7 @@ class JobOut(BaseModel):
             name, _, number = reference.rpartition(":")
             result = JobResult(name=name, version=int(number), reference=reference)
         return cls(
-            id=job.id, name=job.spec.get("name", ""), state=job.state,
+            id=job.id, kind=job.kind, name=job.spec.get("name", ""), state=job.state,
             progress=JobProgress(iteration=job.iteration, total_iterations=job.total_iterations,
                                  meta_loss=job.meta_loss, eval_loss=job.eval_loss, elapsed_s=job.elapsed_s,
                                  eta_s=job.eta_s, phase=job.phase, resumed_from=job.resumed_from),

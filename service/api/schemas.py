@@ -50,11 +50,14 @@ class VersionSummary(BaseModel):
     job_id: str | None = Field(description="the meta-training job that made this version, if any")
     aliases: list[str]
     created_at: datetime
+    description: str | None
+    tags: dict[str, str]
 
     @classmethod
     def of(cls, v: OptimizerVersion) -> VersionSummary:
         return cls(name=v.optimizer.name, version=v.version, reference=v.reference, sha256=v.sha256, size=v.size,
-                   source=v.source, job_id=v.job_id, aliases=[a.name for a in v.aliases], created_at=v.created_at)
+                   source=v.source, job_id=v.job_id, aliases=[a.name for a in v.aliases], created_at=v.created_at,
+                   description=v.description, tags=v.tags)
 
 
 class VersionDetail(VersionSummary):
@@ -72,12 +75,14 @@ class OptimizerSummary(BaseModel):
     version_count: int
     aliases: dict[str, int]
     created_at: datetime
+    description: str | None
+    tags: dict[str, str]
 
     @classmethod
     def of(cls, o: Optimizer) -> OptimizerSummary:
         return cls(name=o.name, latest_version=o.versions[-1].version if o.versions else None,
                    version_count=len(o.versions), aliases={a.name: a.target.version for a in o.aliases},
-                   created_at=o.created_at)
+                   created_at=o.created_at, description=o.description, tags=o.tags)
 
 
 class OptimizerDetail(OptimizerSummary):
@@ -86,6 +91,45 @@ class OptimizerDetail(OptimizerSummary):
     @classmethod
     def of(cls, o: Optimizer) -> OptimizerDetail:
         return cls(**OptimizerSummary.of(o).model_dump(), versions=[VersionSummary.of(v) for v in o.versions])
+
+
+class MetadataPatch(BaseModel):
+    """A JSON merge patch (RFC 7396) of a name's or a version's metadata: a field left out stays as it is,
+    `"description": null` clears it, and a tag set to null is removed (service/registry/tags.py bounds both)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, description="up to 4,000 characters; null clears it")
+    tags: dict[str, str | None] | None = Field(
+        default=None, description="key -> value to set, or key -> null to remove; other tags are kept")
+
+
+class CurveIn(BaseModel):
+    mean: list[float | None] = Field(max_length=100_001)
+    std: list[float | None] | None = Field(default=None, max_length=100_001)
+
+
+class EvaluationIn(BaseModel):
+    """An evaluation report (service.metatrain.EvaluationReport.to_dict(), what `l2o train` writes to
+    evaluation.json): its curves are checked, since the dashboard draws them; other fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    curves: dict[str, CurveIn] = Field(min_length=1, max_length=64)
+
+
+class VersionUpload(BaseModel):
+    """An upload as JSON, for a checkpoint that comes with metadata: what the raw upload sends as its body
+    is `checkpoint`, base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="the safetensors bytes, base64 (standard alphabet, padded)")
+    config: dict[str, Any] | None = Field(default=None, description="for a bare safetensors file without one")
+    description: str | None = Field(default=None, description="the version's description")
+    tags: dict[str, str] | None = Field(default=None, description="the version's tags")
+    evaluation: EvaluationIn | None = Field(default=None, description="its evaluation report")
+    optimizer: MetadataPatch | None = Field(default=None, description="merged into the name's own metadata")
 
 
 class AliasUpdate(BaseModel):

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from service.errors import ValidationError
-from service.jobs.spec import JobSpec
+from service.jobs.spec import EvaluationJobSpec, EvaluationSpec, JobSpec
 from service.lopt import OptimizerConfig
 from service.lopt.network import weight_shapes
 from service.tasks import Footprint, TaskFamily
@@ -105,8 +105,7 @@ def estimate(spec: JobSpec) -> Price:
     per_instance = f.data + (t.unroll + 1) * f.activations
     validation = coords(t.eval_instances) * (s + 8) + t.eval_instances * (f.data + f.activations)
     training_bytes = FLOAT_BYTES * (coords(t.instances) * kept + t.instances * per_instance + validation)
-    widest = max(ev.instances, ev.tune_instances, t.eval_instances)
-    evaluation_bytes = FLOAT_BYTES * (coords(widest) * (s + 8) + widest * (f.data + f.activations))
+    evaluation_bytes, evaluation_flops = _evaluation(f, config, ev, spec.eval_steps, t.eval_instances)
 
     # Each step: the optimizee's loss and gradient, the optimizer's forward and backward over every coordinate.
     validations = math.ceil(t.iterations / t.eval_every)
@@ -114,10 +113,31 @@ def estimate(spec: JobSpec) -> Price:
     training_flops = (t.iterations * horizon * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
                       + validations * horizon * t.eval_problems
                       * (t.eval_instances * f.flops + coords(t.eval_instances) * lopt))
-    steps, baselines = spec.eval_steps, len(ev.baselines)
+    return Price(training_bytes, evaluation_bytes, float(training_flops), evaluation_flops)
+
+
+def _evaluation(f: Footprint, config: OptimizerConfig, ev: EvaluationSpec, steps: int,
+                validation_instances: int = 0) -> tuple[int, float]:
+    """Bytes and flops of tuning every baseline and then evaluating (a training job's last phase, or all of
+    an evaluation job)."""
+    s = max(config.state_floats_per_coord, 2 * config.num_layers * config.hidden_size)
+    lopt = optimizer_flops_per_coord(config)
+
+    def coords(instances: int) -> int:
+        return min(instances * f.params, f.max_batch_params or math.inf)
+
+    widest = max(ev.instances, ev.tune_instances, validation_instances)
+    memory = FLOAT_BYTES * (coords(widest) * (s + 8) + widest * (f.data + f.activations))
+    baselines = len(ev.baselines)
     tuning = baselines * len(ev.lr_grid) * steps * (ev.tune_instances * f.flops + 10 * coords(ev.tune_instances))
     evaluating = steps * (ev.instances * (baselines + 1) * (f.flops + f.eval_flops) + coords(ev.instances) * lopt)
-    return Price(training_bytes, evaluation_bytes, float(training_flops), float(tuning + evaluating))
+    return memory, float(tuning + evaluating)
+
+
+def estimate_evaluation(spec: EvaluationJobSpec, config: OptimizerConfig) -> Price:
+    """An evaluation job's price: the evaluation phase alone, of the version's own config."""
+    memory, flops = _evaluation(footprint(spec.family.build()), config, spec.evaluation, spec.eval_steps)
+    return Price(0, memory, 0.0, flops)
 
 
 TRAINING_KNOBS = "training.instances, training.unroll, family.params, optimizer.hidden_size and optimizer.num_layers"
@@ -128,7 +148,10 @@ EVALUATION_WORK = "evaluation.steps, evaluation.instances, evaluation.lr_grid, e
 
 def check(spec: JobSpec, limits: JobLimits) -> Price:
     """The spec's price, or a 422 naming the part of the spec over a limit, the estimate and the limit."""
-    price = estimate(spec)
+    return check_price(estimate(spec), limits)
+
+
+def check_price(price: Price, limits: JobLimits) -> Price:
     if limits.max_memory_bytes and price.memory_bytes > limits.max_memory_bytes:
         field, knobs = (("training", TRAINING_KNOBS) if price.training_bytes >= price.evaluation_bytes
                         else ("evaluation", EVALUATION_KNOBS))

@@ -5,6 +5,10 @@
     baselines → register the version (with its evaluation and a link to the job) and mark the job
     succeeded, in one transaction
 
+An evaluation job (kind `evaluate`, from POST /v1/optimizers/{name}/versions/{n}/evaluate) skips the
+training: it evaluates the registered version the same way and attaches the report to it, again in the
+transaction that marks it succeeded.
+
 Any worker may call it for any job at any time; both executors do. The lease (see lease.py) lets one
 runner hold a job at a time and every write is conditional on holding it, so a runner that lost its lease
 (its heartbeat lapsed and someone took over) changes nothing, and a version is registered exactly once. A
@@ -31,7 +35,7 @@ from sqlalchemy.orm import Session
 from service.errors import L2OError
 from service.jobs import lease
 from service.jobs import repository as repo
-from service.jobs.spec import JobSpec
+from service.jobs.spec import EvaluationJobSpec, JobSpec
 from service.lopt import Checkpoint
 from service.lopt.device import resolve_device
 from service.metatrain import (
@@ -52,6 +56,9 @@ from service.registry.models import utcnow
 from service.tasks import TaskFamily
 
 log = logging.getLogger(__name__)
+
+
+EVALUATE = "evaluate"  # Job.kind of an evaluation on demand; every other job meta-trains
 
 
 class Outcome(StrEnum):
@@ -205,6 +212,8 @@ class _Run:
         if job.cancel_requested:
             return self.end(Outcome.CANCELLED)
         self.key_id = job.key_id
+        if job.kind == EVALUATE:
+            return self._run_evaluation(job.spec)
         try:
             spec = JobSpec.model_validate(job.spec)
         except pydantic.ValidationError as exc:
@@ -233,6 +242,36 @@ class _Run:
         self.write(phase="publishing")
         return self._publish(spec, result, report)
 
+    def _run_evaluation(self, stored: dict[str, Any]) -> Outcome:
+        """An evaluation on demand: score the registered version and attach the report to it. It holds no
+        resume checkpoint (a restart evaluates again from the start); a cancel is honoured when attaching."""
+        try:
+            spec = EvaluationJobSpec.model_validate(stored)
+        except pydantic.ValidationError as exc:
+            return self.end(Outcome.FAILED, error=f"the job's stored spec is not valid for this version: {exc}")
+        self.write(phase="evaluating", device=self.config.device)
+        with self.db.session() as s:
+            version = registry_repo.get_version(s, spec.name, spec.version)
+            data = registry.checkpoint_bytes(s, version) if version is not None else None
+        if data is None:
+            return self.end(Outcome.FAILED, error=f"{spec.name}:{spec.version} was deleted before it was evaluated")
+        report = self._evaluate(spec, spec.family.build(), Checkpoint.from_bytes(data))
+        self.write(phase="publishing")
+        with self.db.session() as s:
+            version = registry_repo.get_version(s, spec.name, spec.version)
+            if version is None:
+                s.rollback()
+                return self.end(Outcome.FAILED, error=f"{spec.name}:{spec.version} was deleted while it was "
+                                                      "being evaluated")
+            registry.attach_evaluation(s, version, json_safe(report.to_dict()))
+            if repo.finish(s, self.job_id, self.owner, repo.SUCCEEDED, unless_cancelled=True,
+                           result_version_id=version.id):
+                s.commit()
+                log.info("job %s succeeded: evaluated %s", self.job_id, version.reference)
+                return Outcome.SUCCEEDED
+            s.rollback()
+        return self._stopped()
+
     def _resume_point(self, data: bytes | None) -> ResumeCheckpoint | None:
         if not data:
             return None
@@ -242,7 +281,8 @@ class _Run:
             log.warning("job %s: its resume checkpoint does not load; starting over", self.job_id, exc_info=True)
             return None
 
-    def _evaluate(self, spec: JobSpec, family: TaskFamily, checkpoint: Checkpoint) -> EvaluationReport:
+    def _evaluate(self, spec: JobSpec | EvaluationJobSpec, family: TaskFamily,
+                  checkpoint: Checkpoint) -> EvaluationReport:
         ev, device = spec.evaluation, self.config.device
         tuned = tune_all(family, ev.baselines, steps=spec.eval_steps, n_instances=ev.tune_instances,
                          seed=spec.eval_seed, grid=ev.lr_grid, device=device)
@@ -254,7 +294,8 @@ class _Run:
         with self.db.session() as s:
             version = registry.register_version(
                 s, spec.name, result.checkpoint.to_bytes(), source="job", job_id=self.job_id,
-                evaluation=json_safe(report.to_dict()), publisher=self._publisher(s))
+                evaluation=json_safe(report.to_dict()), publisher=self._publisher(s),
+                description=spec.description, tag_values=spec.tags)
             if repo.finish(s, self.job_id, self.owner, repo.SUCCEEDED, unless_cancelled=True,
                            result_version_id=version.id):
                 s.commit()

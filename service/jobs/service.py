@@ -7,12 +7,14 @@ job (so a worker never looks for a row that is not committed yet).
 
 from __future__ import annotations
 
+import pydantic
 from sqlalchemy.orm import Session
 
 from service.errors import JobFinished, JobNotFound, ValidationError
 from service.jobs import price
 from service.jobs import repository as repo
-from service.jobs.spec import JobSpec
+from service.jobs.spec import EvaluationJobSpec, EvaluationRequest, JobSpec
+from service.lopt import OptimizerConfig
 from service.registry import service as registry
 from service.registry.models import Job, KeyGrant
 
@@ -25,6 +27,26 @@ def submit(db: Session, key: KeyGrant, spec: JobSpec, limits: price.JobLimits | 
     registry.check_publisher(db, spec.name, registry.Publisher(key.id, key.has_scope("admin")))
     return repo.add_job(db, Job(key_id=key.id, spec=spec.model_dump(mode="json"), state=repo.QUEUED,
                                 total_iterations=spec.training.iterations))
+
+
+def submit_evaluation(db: Session, key: KeyGrant, name: str, number: int, request: EvaluationRequest,
+                      limits: price.JobLimits | None = None) -> Job:
+    """Queue an evaluation of version `number` of `name`, whose report becomes that version's evaluation.
+    The key must be one that may edit the name (its creator's, or an admin's: 403 otherwise); the family
+    defaults to the one the checkpoint was trained on (422 when it says none), and the job is priced like
+    a training job's evaluation."""
+    version = registry.get_version(db, name, number)
+    registry.check_editor(db, version.optimizer, registry.Publisher(key.id, key.has_scope("admin")),
+                          "evaluating its versions")
+    try:
+        spec = EvaluationJobSpec.of(name, number, version.config.get("trained_on"), request)
+    except (ValueError, pydantic.ValidationError) as exc:
+        message = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
+        raise ValidationError(f"invalid request: body.family: {message}", detail={"field": "family"}) from None
+    if limits is not None:
+        price.check_price(price.estimate_evaluation(spec, OptimizerConfig.from_dict(version.config)), limits)
+    return repo.add_job(db, Job(key_id=key.id, kind="evaluate", spec=spec.model_dump(mode="json"),
+                                state=repo.QUEUED, total_iterations=0))
 
 
 def get(db: Session, key: KeyGrant, job_id: str) -> Job:

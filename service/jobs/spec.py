@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from service.errors import InvalidName
+from service.errors import InvalidName, ValidationError
 from service.lopt import OptimizerConfig
 from service.lopt.config import ARCHITECTURES
 from service.metatrain import BASELINES, MetaTrainSettings
 from service.metatrain.baselines import LR_GRID
 from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
+from service.registry import tags
 from service.registry.names import check_name
 from service.tasks import FAMILIES, TaskFamily, make_family
 
@@ -160,6 +161,8 @@ class JobSpec(_Strict):
     """A meta-training job: train an optimizer, evaluate it, publish it as the next version of `name`."""
 
     name: str = Field(description="the registry name the trained optimizer is published under")
+    description: str | None = Field(default=None, description="the published version's description")
+    tags: dict[str, str] = Field(default_factory=dict, description="the published version's tags")
     family: FamilySpec = Field(default_factory=FamilySpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -171,6 +174,22 @@ class JobSpec(_Strict):
         try:
             return check_name(name)
         except InvalidName as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("description")
+    @classmethod
+    def _valid_description(cls, text: str | None) -> str | None:
+        try:
+            return tags.check_description(text, "description")
+        except ValidationError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("tags")
+    @classmethod
+    def _valid_tags(cls, values: dict[str, str]) -> dict[str, str]:
+        try:
+            return tags.check_tags(values, "tags")
+        except ValidationError as exc:
             raise ValueError(exc.message) from None
 
     @property
@@ -186,3 +205,49 @@ class JobSpec(_Strict):
         # Where it ran (the device) is not part of what was trained, so it is left out.
         return self.optimizer.config({"family": self.family.name, "params": self.family.params,
                                       "settings": self.training.model_dump()})
+
+
+class EvaluationRequest(_Strict):
+    """An evaluation on demand of a registered version (POST /v1/optimizers/{name}/versions/{n}/evaluate):
+    the family defaults to the one the checkpoint was trained on, with its parameters."""
+
+    family: FamilySpec | None = Field(default=None, description="default: what the checkpoint was trained on")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+
+DEFAULT_EVAL_STEPS = 100  # as `l2o eval`, when the checkpoint does not say its training horizon
+DEFAULT_EVAL_SEED = 1
+
+
+class EvaluationJobSpec(_Strict):
+    """What an evaluation job stores in its row: the version it scores and everything it runs with, every
+    default filled in, so the row says exactly what the attached report measured."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    name: str
+    version: int = Field(ge=1)
+    family: FamilySpec
+    evaluation: EvaluationSpec
+
+    @classmethod
+    def of(cls, name: str, version: int, trained_on: dict[str, Any] | None,
+           request: EvaluationRequest) -> EvaluationJobSpec:
+        trained_on = trained_on or {}
+        family = request.family
+        if family is None:
+            if "family" not in trained_on:
+                raise ValueError("the checkpoint does not say what it was trained on: give `family`")
+            family = FamilySpec(name=trained_on["family"], params=trained_on.get("params") or {})
+        ev = request.evaluation
+        horizon = (trained_on.get("settings") or {}).get("horizon")
+        ev = ev.model_copy(update={"steps": ev.steps or horizon or DEFAULT_EVAL_STEPS,
+                                   "seed": ev.seed if ev.seed is not None else DEFAULT_EVAL_SEED})
+        return cls(name=name, version=version, family=family, evaluation=ev)
+
+    @property
+    def eval_steps(self) -> int:
+        return self.evaluation.steps or DEFAULT_EVAL_STEPS
+
+    @property
+    def eval_seed(self) -> int:
+        return self.evaluation.seed if self.evaluation.seed is not None else DEFAULT_EVAL_SEED

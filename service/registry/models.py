@@ -114,11 +114,18 @@ class Optimizer(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     version_counter: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    description: Mapped[str | None] = mapped_column(Text)
 
     versions: Mapped[list[OptimizerVersion]] = relationship(
         back_populates="optimizer", order_by="OptimizerVersion.version", passive_deletes=True)
     aliases: Mapped[list[Alias]] = relationship(
         back_populates="optimizer", order_by="Alias.name", passive_deletes=True)
+    tag_rows: Mapped[list[OptimizerTag]] = relationship(
+        order_by="OptimizerTag.key", cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {t.key: t.value for t in self.tag_rows}
 
 
 class OptimizerVersion(Base):
@@ -138,10 +145,17 @@ class OptimizerVersion(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     evaluation: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    description: Mapped[str | None] = mapped_column(Text)
 
     optimizer: Mapped[Optimizer] = relationship(back_populates="versions")
     aliases: Mapped[list[Alias]] = relationship(
         back_populates="target", order_by="Alias.name", cascade="all, delete-orphan", passive_deletes=True)
+    tag_rows: Mapped[list[VersionTag]] = relationship(
+        order_by="VersionTag.key", cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {t.key: t.value for t in self.tag_rows}
 
     @property
     def name(self) -> str:
@@ -166,6 +180,28 @@ class Alias(Base):
 
     optimizer: Mapped[Optimizer] = relationship(back_populates="aliases")
     target: Mapped[OptimizerVersion] = relationship(back_populates="aliases")
+
+
+class OptimizerTag(Base):
+    """A key -> value label on a name, as MLflow's registered model tags: a row each, so a search by tag is
+    the same indexed query on SQLite and PostgreSQL."""
+
+    __tablename__ = "optimizer_tags"
+
+    optimizer_id: Mapped[int] = mapped_column(ForeignKey("optimizers.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), index=True)
+
+
+class VersionTag(Base):
+    """A key -> value label on one version."""
+
+    __tablename__ = "version_tags"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("optimizer_versions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
 
 
 class Job(Base):
@@ -198,6 +234,8 @@ class Job(Base):
     eta_s: Mapped[float | None] = mapped_column(Float)
     phase: Mapped[str | None] = mapped_column(String(16))
     device: Mapped[str | None] = mapped_column(String(32))
+    # Added by migration 0005: `train` (meta-train and publish) or `evaluate` (score a registered version).
+    kind: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
 
 
 class JobPoint(Base):

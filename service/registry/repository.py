@@ -6,12 +6,22 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from service.registry.models import Alias, ApiKey, Job, KeyGrant, Optimizer, OptimizerVersion, utcnow
+from service.registry.models import (
+    Alias,
+    ApiKey,
+    Job,
+    KeyGrant,
+    Optimizer,
+    OptimizerTag,
+    OptimizerVersion,
+    VersionTag,
+    utcnow,
+)
 
 # --- API keys ---------------------------------------------------------------------------------------
 
@@ -62,16 +72,62 @@ def count_live_keys(db: Session) -> int:
 # --- optimizers -------------------------------------------------------------------------------------
 
 
-def list_optimizers(db: Session) -> list[Optimizer]:
-    stmt = (select(Optimizer).order_by(Optimizer.name)
-            .options(selectinload(Optimizer.versions), selectinload(Optimizer.aliases).selectinload(Alias.target)))
-    return list(db.scalars(stmt))
+def _with_children(stmt):
+    return stmt.options(selectinload(Optimizer.versions).selectinload(OptimizerVersion.tag_rows),
+                        selectinload(Optimizer.aliases).selectinload(Alias.target),
+                        selectinload(Optimizer.tag_rows))
+
+
+def list_optimizers(db: Session, *, contains: str | None = None, tags: list[tuple[str, str | None]] = (),
+                    after: str | None = None, limit: int | None = None) -> list[Optimizer]:
+    """Names in order, those containing `contains` and holding every tag of `tags` (key, value or None for
+    any value), after the name `after`, at most `limit`."""
+    stmt = select(Optimizer).order_by(Optimizer.name)
+    if contains:
+        stmt = stmt.where(Optimizer.name.contains(contains, autoescape=True))
+    for key, value in tags:
+        match = and_(OptimizerTag.optimizer_id == Optimizer.id, OptimizerTag.key == key)
+        if value is not None:
+            match = and_(match, OptimizerTag.value == value)
+        stmt = stmt.where(exists().where(match))
+    if after is not None:
+        stmt = stmt.where(Optimizer.name > after)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(db.scalars(_with_children(stmt)))
 
 
 def get_optimizer(db: Session, name: str) -> Optimizer | None:
-    stmt = (select(Optimizer).where(Optimizer.name == name)
-            .options(selectinload(Optimizer.versions), selectinload(Optimizer.aliases).selectinload(Alias.target)))
-    return db.scalars(stmt).one_or_none()
+    return db.scalars(_with_children(select(Optimizer).where(Optimizer.name == name))).one_or_none()
+
+
+def delete_optimizer(db: Session, optimizer: Optimizer) -> None:
+    # One DELETE: its versions, aliases and tags go with it through the database's cascades (the ORM would
+    # instead try to detach the versions it has loaded from their name).
+    db.execute(delete(Optimizer).where(Optimizer.id == optimizer.id).execution_options(synchronize_session=False))
+    db.expunge(optimizer)
+
+
+def set_optimizer_tags(db: Session, optimizer: Optimizer, tags: dict[str, str]) -> None:
+    _replace_tags(optimizer.tag_rows, tags, lambda k, v: OptimizerTag(key=k, value=v))
+    db.flush()
+
+
+def set_version_tags(db: Session, version: OptimizerVersion, tags: dict[str, str]) -> None:
+    _replace_tags(version.tag_rows, tags, lambda k, v: VersionTag(key=k, value=v))
+    db.flush()
+
+
+def _replace_tags(rows: list, tags: dict[str, str], make) -> None:
+    by_key = {row.key: row for row in rows}
+    for key, row in by_key.items():
+        if key not in tags:
+            rows.remove(row)
+    for key, value in tags.items():
+        if key in by_key:
+            by_key[key].value = value
+        else:
+            rows.append(make(key, value))
 
 
 def get_or_create_optimizer(db: Session, name: str) -> Optimizer:
@@ -111,9 +167,13 @@ def add_version(db: Session, version: OptimizerVersion) -> OptimizerVersion:
     return version
 
 
+_VERSION_CHILDREN = (selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases),
+                     selectinload(OptimizerVersion.tag_rows))
+
+
 def _version_query(name: str):
     return (select(OptimizerVersion).join(OptimizerVersion.optimizer).where(Optimizer.name == name)
-            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+            .options(*_VERSION_CHILDREN))
 
 
 def get_version(db: Session, name: str, number: int) -> OptimizerVersion | None:
@@ -121,8 +181,7 @@ def get_version(db: Session, name: str, number: int) -> OptimizerVersion | None:
 
 
 def get_version_by_id(db: Session, version_id: int) -> OptimizerVersion | None:
-    stmt = (select(OptimizerVersion).where(OptimizerVersion.id == version_id)
-            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+    stmt = select(OptimizerVersion).where(OptimizerVersion.id == version_id).options(*_VERSION_CHILDREN)
     return db.scalars(stmt).one_or_none()
 
 
@@ -134,7 +193,7 @@ def get_version_by_alias(db: Session, name: str, alias: str) -> OptimizerVersion
     stmt = (select(OptimizerVersion).join(Alias, Alias.version_id == OptimizerVersion.id)
             .join(Optimizer, Optimizer.id == Alias.optimizer_id)
             .where(Optimizer.name == name, Alias.name == alias)
-            .options(selectinload(OptimizerVersion.optimizer), selectinload(OptimizerVersion.aliases)))
+            .options(*_VERSION_CHILDREN))
     return db.scalars(stmt).one_or_none()
 
 

@@ -12,7 +12,8 @@ from service.registry import migrate
 from service.registry.db import make_engine
 from service.registry.models import Base
 
-TABLES = {"api_keys", "optimizers", "optimizer_versions", "aliases", "jobs", "job_points"}
+TABLES = {"api_keys", "optimizers", "optimizer_versions", "aliases", "jobs", "job_points", "optimizer_tags",
+          "version_tags"}
 
 
 def tables(url: str) -> set[str]:
