@@ -51,6 +51,8 @@ class Version:
     job_id: str | None = None
     aliases: list[str] = field(default_factory=list)
     created_at: datetime | None = None
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     config: dict[str, Any] | None = None       # only in a version's own detail
     evaluation: dict[str, Any] | None = None   # only in a version's own detail
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -67,6 +69,8 @@ class Optimizer:
     version_count: int
     aliases: dict[str, int] = field(default_factory=dict)
     created_at: datetime | None = None
+    description: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
     versions: list[Version] = field(default_factory=list)  # only from optimizers.get
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -229,6 +233,7 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+    kind: str = "train"        # train, or evaluate (optimizers.evaluate)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

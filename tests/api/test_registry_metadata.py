@@ -74,7 +74,8 @@ def test_patch_merges_descriptions_and_tags_on_names_and_versions(client, admin_
     upload(client, admin_headers, "lstm", make_checkpoint())
     url = "/v1/optimizers/lstm"
     first = client.patch(url, json={"description": "d", "tags": {"a": "1", "b": "2"}}, headers=admin_headers)
-    assert first.status_code == 200 and (first.json()["description"], first.json()["tags"]) == ("d", {"a": "1", "b": "2"})
+    assert first.status_code == 200
+    assert (first.json()["description"], first.json()["tags"]) == ("d", {"a": "1", "b": "2"})
     # A merge patch: a null tag is removed, a left-out field stays as it was.
     second = client.patch(url, json={"tags": {"a": None, "c": "3"}}, headers=admin_headers).json()
     assert (second["description"], second["tags"]) == ("d", {"b": "2", "c": "3"})
