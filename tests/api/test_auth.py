@@ -83,6 +83,11 @@ SCOPES = {
     ("GET", "/v1/optimizers/{name}/versions/{version}/checkpoint"): None,
     ("POST", "/v1/optimizers/{name}/versions"): "admin",
     ("DELETE", "/v1/optimizers/{name}/versions/{version}"): "admin",
+    ("DELETE", "/v1/optimizers/{name}"): "admin",
+    # Editing and evaluating also need the name to be the key's own (its job created it) unless it is admin.
+    ("PATCH", "/v1/optimizers/{name}"): "train",
+    ("PATCH", "/v1/optimizers/{name}/versions/{version}"): "train",
+    ("POST", "/v1/optimizers/{name}/versions/{version}/evaluate"): "train",
     ("PUT", "/v1/optimizers/{name}/aliases/{alias}"): "admin",
     ("DELETE", "/v1/optimizers/{name}/aliases/{alias}"): "admin",
     ("POST", "/v1/keys"): "admin",

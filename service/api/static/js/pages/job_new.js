@@ -28,6 +28,7 @@ function specOf(formEl) {
   for (const el of formEl.querySelectorAll("input[name], select[name], textarea[name]")) {
     const name = el.name;
     if (el.type === "checkbox") continue;
+    if (name === "description" && !el.value.trim()) continue;   // optional: left out, not sent empty
     if (el.type === "number") {
       if (el.value.trim() === "") continue;
       const value = Number(el.value);
