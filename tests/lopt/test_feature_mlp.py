@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 import torch
@@ -156,22 +155,25 @@ def test_a_checkpoint_round_trips_and_refuses_weights_of_the_other_architecture(
         Checkpoint(CFG, lstm_weights)
 
 
-@pytest.mark.parametrize(("name", "digest"), [
-    ("quadratic-lstm", "7cb812a63b3b2423"),
-    ("digits-mlp-lstm", "c6f5a275cf0ff5bc"),
+# Reference values from the LSTM as it was before the second architecture came. Not a hash of the bytes: the
+# last bits of a matmul differ between CPUs (AVX-512 or not), which once made a digest test fail on CI alone.
+@pytest.mark.parametrize(("name", "first_updates", "abs_updates", "abs_state"), [
+    ("quadratic-lstm", [-0.07775601, -0.04412984, 0.018459, -0.01486636, 0.01499649, 0.08422601],
+     17.280508041381836, 3552.04541015625),
+    ("digits-mlp-lstm", [-0.0006899004, -0.002652264, 0.04307363, -0.01259783, 0.04584894, 0.06798869],
+     9.238588333129883, 4452.41552734375),
 ])
-def test_the_shipped_lstms_still_make_the_same_updates_bit_for_bit(name, digest):
-    """The LSTM's definition (what meta-training and the kernels are held to) gives the bytes it gave before
-    the second architecture came."""
+def test_the_shipped_lstms_still_make_the_same_updates(name, first_updates, abs_updates, abs_state):
+    """The LSTM's definition (what meta-training and the kernels are held to) gives the updates it gave before
+    the second architecture came, to float32 rounding."""
     from pathlib import Path
 
     ckpt = Checkpoint.load(Path(__file__).resolve().parents[2] / "service" / "pretrained" / name)
     g = torch.Generator().manual_seed(11)
     state = init(ckpt.config, 257)
-    h = hashlib.sha256()
     with torch.no_grad():
         for _ in range(3):
             u, state = step_autograd(ckpt.config, ckpt.weights, torch.randn(257, generator=g), state)
-            h.update(u.numpy().tobytes())
-            h.update(state.hc.numpy().tobytes())
-    assert h.hexdigest()[:16] == digest
+    assert u[:6].tolist() == pytest.approx(first_updates, rel=1e-5, abs=1e-8)
+    assert float(u.abs().sum()) == pytest.approx(abs_updates, rel=1e-5)
+    assert float(state.hc.abs().sum()) == pytest.approx(abs_state, rel=1e-5)
