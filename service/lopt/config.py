@@ -13,6 +13,8 @@ PREPROCESS_KINDS: tuple[str, ...] = ("log_sign", "none")
 ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 # Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
+# Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
+FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon",)
 
 
 class ConfigError(ValueError):
@@ -30,6 +32,8 @@ class OptimizerConfig:
     preprocess: Preprocess = "log_sign"
     preprocess_p: float = 10.0
     output_scale: float = 0.1
+    # The feature MLP's time features stop at this step (the longest horizon it was meta-trained on).
+    time_horizon: int | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -41,6 +45,15 @@ class OptimizerConfig:
             for name in LSTM_ONLY_FIELDS:
                 if getattr(self, name) != self.__dataclass_fields__[name].default:
                     raise ConfigError(f"{name} applies to the lstm architecture only, not to {self.architecture}")
+        if self.architecture != "feature_mlp":
+            for name in FEATURE_MLP_ONLY_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to the feature_mlp architecture only, "
+                                      f"not to {self.architecture}")
+        if self.time_horizon is not None and (isinstance(self.time_horizon, bool)
+                                              or not isinstance(self.time_horizon, int)
+                                              or not 1 <= self.time_horizon <= 1_000_000):
+            raise ConfigError(f"time_horizon must be an integer in 1..1000000, got {self.time_horizon!r}")
         if not (1 <= int(self.hidden_size) <= 1024):
             raise ConfigError(f"hidden_size must be in 1..1024, got {self.hidden_size}")
         if not (1 <= int(self.num_layers) <= 8):
@@ -81,6 +94,9 @@ class OptimizerConfig:
         d = asdict(self)
         if self.architecture != "lstm":
             for name in LSTM_ONLY_FIELDS:
+                d.pop(name)
+        for name in FEATURE_MLP_ONLY_FIELDS:
+            if d[name] is None:
                 d.pop(name)
         return d
 

@@ -65,14 +65,14 @@ def init_weights(hidden: int, layers: int, generator: torch.Generator | None = N
     return weights
 
 
-def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
-         layers: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32 (float64 with float64
-    weights, for gradient checks), returns the state in its dtype.
+def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = None,
+           dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the MLP's features (N, 7), Adam's direction m̂_0.9·r (N,), the new state (N, 8) in `dtype`).
 
-    Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
+    `time_horizon`, the longest run meta-training showed the rule: past that step the time features stay at
+    their value there, so a long run meets no time feature it was never trained on. The bias corrections
+    keep counting.
     """
-    dtype = torch.promote_types(torch.float32, weights["head.weight"].dtype)
     g = grads.to(dtype)
     s = state.to(dtype)
     betas = _BETAS.to(g.device, dtype)
@@ -82,11 +82,25 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
     r = torch.rsqrt(v / acc[:, 3] + TINY)
     m_hat_r = m / acc[:, :3] * r.unsqueeze(1)
     relative = torch.cat([(g * r).unsqueeze(1), m_hat_r], dim=1).clamp(-FEATURE_CLIP, FEATURE_CLIP)
-    h = torch.cat([relative, 2 * acc[:, 1:] - 1], dim=1)
+    elapsed = acc[:, 1:]
+    if time_horizon is not None:
+        elapsed = torch.minimum(elapsed, 1 - betas[1:] ** time_horizon)
+    features = torch.cat([relative, 2 * elapsed - 1], dim=1)
+    return features, m_hat_r[:, 1], torch.cat([m, v.sqrt().unsqueeze(1), acc], dim=1)
+
+
+def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
+         layers: int, time_horizon: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32 (float64 with float64
+    weights, for gradient checks), returns the state in its dtype. `time_horizon`: see `inputs`.
+
+    Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
+    """
+    dtype = torch.promote_types(torch.float32, weights["head.weight"].dtype)
+    h, adam_direction, new_state = inputs(grads, state, time_horizon, dtype)
     for layer in range(layers):
         h = torch.relu(torch.addmm(weights[f"mlp.{layer}.bias"], h, weights[f"mlp.{layer}.weight"].t()))
     out = torch.addmm(weights["head.bias"], h, weights["head.weight"].t())
-    direction = m_hat_r[:, 1] + DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
+    direction = adam_direction + DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
     updates = -base_step * torch.exp(MAGNITUDE_RANGE * torch.tanh(out[:, 1])) * direction
-    new_state = torch.cat([m, v.sqrt().unsqueeze(1), acc], dim=1).to(state.dtype)
-    return updates, new_state
+    return updates, new_state.to(state.dtype)

@@ -112,7 +112,8 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
             for start in range(0, n, CHUNK):
                 part = slice(start, start + CHUNK)
                 if config.architecture == "feature_mlp":
-                    u, new = feature_mlp.step(weights, g[part], hc[part], config.output_scale, config.num_layers)
+                    u, new = feature_mlp.step(weights, g[part], hc[part], config.output_scale, config.num_layers,
+                                                       config.time_horizon)
                 else:
                     u, new = step_autograd(config, weights, g[part], LSTMState(hc[part]))
                     new = new.hc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -77,6 +78,9 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
                should_stop: Callable[[], bool] | None = None) -> MetaTrainResult:
     """Meta-train with truncated BPTT; reproducible for a given seed, resumable from a ResumeCheckpoint."""
     device = torch.device(settings.device)
+    if config.architecture == "feature_mlp" and config.time_horizon is None:
+        # Past its longest training run the rule keeps the time features it last saw (lopt/feature_mlp.py).
+        config = dataclasses.replace(config, time_horizon=settings.eval_horizon)
     torch.manual_seed(settings.seed)
     net = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(settings.seed)).to(device)
     meta_opt = torch.optim.Adam(net.parameters(), lr=settings.meta_lr)

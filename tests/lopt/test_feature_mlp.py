@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -11,6 +10,7 @@ from service.lopt import (
     CheckpointError,
     ConfigError,
     CoordinatewiseLSTM,
+    LSTMState,
     OptimizerConfig,
     feature_mlp,
     init,
@@ -144,6 +144,43 @@ def test_the_config_names_its_architecture_and_only_its_own_fields():
         OptimizerConfig.from_dict({"architecture": "transformer"})
     with pytest.raises(ConfigError, match="preprocess applies to the lstm"):
         OptimizerConfig(architecture="feature_mlp", preprocess="none")
+
+
+def test_a_time_horizon_belongs_to_the_feature_mlp_and_rides_in_its_config():
+    cfg = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, time_horizon=500)
+    assert cfg.to_dict()["time_horizon"] == 500 and OptimizerConfig.from_dict(cfg.to_dict()) == cfg
+    assert "time_horizon" not in CFG.to_dict() and "time_horizon" not in OptimizerConfig().to_dict()
+    with pytest.raises(ConfigError, match="time_horizon applies to the feature_mlp"):
+        OptimizerConfig(time_horizon=500)
+    for bad in (0, -3, 2.5, True, "500", 10**7):
+        with pytest.raises(ConfigError, match="time_horizon must be"):
+            OptimizerConfig(architecture="feature_mlp", time_horizon=bad)
+
+
+def test_past_its_time_horizon_the_rule_sees_the_time_it_saw_last():
+    """Clamped at 50 steps, a state 5000 steps old shows the MLP the time features of one 50 steps old, and
+    the same gradient features as without the clamp; before the horizon the clamp changes nothing."""
+    g = torch.Generator().manual_seed(8)
+    moments = torch.randn(30, 4, generator=g).abs() * 0.1
+    betas = torch.tensor([*feature_mlp.BETA1S, feature_mlp.BETA2])
+    grads = torch.randn(30, generator=g)
+
+    def features(t, horizon):
+        state = torch.cat([moments, (1 - betas ** t).expand(30, 4)], dim=1)
+        return feature_mlp.inputs(grads, state, horizon)[0]
+
+    old, young = features(5000, 50), features(50, 50)
+    assert torch.equal(old[:, 4:], young[:, 4:])
+    assert torch.equal(old[:, :4], features(5000, None)[:, :4])
+    assert not torch.allclose(features(5000, None)[:, 4:], young[:, 4:])
+    assert torch.equal(features(20, 50), features(20, None))
+    # And it reaches the updates: the clamped rule steps differently from the unclamped one that far out.
+    clamped = OptimizerConfig(**{**CFG.__dict__, "time_horizon": 50})
+    state = torch.cat([moments, (1 - betas ** 5000).expand(30, 4)], dim=1)
+    with torch.no_grad():
+        u_clamped = step(clamped, trained_like(), grads, LSTMState(state))[0]
+        u_free = step(CFG, trained_like(), grads, LSTMState(state))[0]
+    assert not torch.allclose(u_clamped, u_free)
 
 
 def test_a_checkpoint_round_trips_and_refuses_weights_of_the_other_architecture():

@@ -149,6 +149,8 @@ def test_the_feature_mlp_meta_trains_on_the_mixture_moves_its_weights_and_resume
     assert all(torch.isfinite(torch.tensor(h["meta_loss"])) for h in full.history)
     resumed = meta_train(family, MLP_CONFIG, settings, resume=type(saved[0]).from_bytes(saved[0].to_bytes()))
     assert resumed.checkpoint.digest == full.checkpoint.digest
+    # The checkpoint stops its time features at the longest run it was trained on.
+    assert full.checkpoint.config.time_horizon == settings.max_horizon == 30
 
 
 def test_the_log_meta_loss_is_the_mean_log_loss_over_the_unroll():
