@@ -32,7 +32,8 @@ TESTS = ["tests/faults", "tests/security", "tests/api/test_auth.py", "tests/api/
          "tests/registry/test_names.py",
          "tests/cli/test_serve_workers.py", "tests/client/test_admin_key.py", "tests/client/test_session_pages.py",
          "tests/jobs/test_recovery.py::test_killed_worker_resumes_from_its_checkpoint",
-         "tests/jobs/test_scale_out.py"]
+         "tests/jobs/test_scale_out.py", "tests/jobs/test_price.py", "tests/jobs/test_memory_cap.py",
+         "tests/jobs/test_publish_scope.py", "tests/jobs/test_bounded_stop.py"]
 FUZZ_EXAMPLES = 80   # per operation: over 2,000 cases in all (the tests' default, 30, keeps CI to a minute)
 
 
@@ -139,6 +140,11 @@ def rows(records: dict[str, list[dict]], load: dict[str, Any] | None) -> list[Ro
     declared = records.get("step_body:declared", [])
     chunked = first(records, "step_body:chunked")
     idle, revoked = first(records, "streams:idle"), first(records, "revocation:api")
+    # The job tests run once per database: one row each per spec.
+    priced_jobs = list({j["spec"]: j for j in records.get("jobs:priced", [])}.values())
+    capped = first(records, "jobs:memory_cap")
+    publish = first(records, "jobs:publish_scope")
+    cancels, sigterms = records.get("stop:cancel", []), records.get("stop:sigterm", [])
 
     def s(value: Any, fmt: str = "{}") -> str:
         return fmt.format(value) if value is not None else "?"
@@ -172,6 +178,23 @@ def rows(records: dict[str, list[dict]], load: dict[str, Any] | None) -> list[Ro
         Row("fault", "worker SIGKILLed mid meta-training job", "1 kill per executor",
             "job taken over and resumed from its last resume checkpoint (iteration asserted), finished, exactly "
             "one registry version", ["tests/jobs/test_recovery.py::test_killed_worker_resumes_from_its_checkpoint"]),
+        Row("fault", "a job needing more memory than the per-job cap, on the embedded default (issue 20 item 1)",
+            f"a job needing more than a {s(capped.get('cap_bytes') and capped['cap_bytes'] // 2**30)} GiB "
+            "address-space cap, beside a live session in the API process",
+            f"the job ended {s(capped.get('state'))} ({s(capped.get('error', '?').split(';')[0])}), in a process of "
+            "its own; /healthz "
+            f"{s(capped.get('healthz'))} and the session's next step {s(capped.get('step_after'))} afterwards; the "
+            "next job accepted", ["tests/jobs/test_memory_cap.py"], measured=["jobs:memory_cap"]),
+        Row("fault", "cancel in each phase of a job (training inside one long iteration, evaluating, publishing "
+            "behind a locked table); SIGTERM to `l2o worker` and `l2o serve` while a job evaluates (issue 20 "
+            "item 7)",
+            f"{len(cancels)} cancels (training and evaluating on SQLite and PostgreSQL, publishing on PostgreSQL), "
+            f"{len(sigterms)} SIGTERMs",
+            "cancelled, no version published, after "
+            + (", ".join(f"{c['seconds']} s ({c['phase']})" for c in cancels) or "?") + " (bound 5 s); "
+            + (", ".join(f"{t['process']} exited after {t['seconds']} s" for t in sigterms) or "?")
+            + " (bound 15 s), its job queued again with its resume checkpoint; serve's memory-store sessions "
+            "saved", ["tests/jobs/test_bounded_stop.py"], measured=["stop:cancel", "stop:sigterm"]),
         Row("fault", "PostgreSQL unreachable (TCP proxy cut under a running `l2o serve`)",
             f"{s(outage.get('steps_during'))} steps and {s(outage.get('refused_503'))} registry/key calls during "
             "the outage",
@@ -257,8 +280,26 @@ def rows(records: dict[str, list[dict]], load: dict[str, Any] | None) -> list[Ro
             f"against a per-key quota of {s(quota.get('quota'))}; a {s(priced.get('requested'))}-byte state",
             "names, name bytes and shape entries refused over their limits (422); the quota refused the 4th session "
             "(429) and not another key's; the oversized state refused (503) with "
-            f"{s(priced.get('allocated_before_refusal'))} states allocated before the refusal",
+            f"{s(priced.get('allocated_before_refusal'))} states allocated before the refusal; the list of "
+            "sessions answered a page at a time",
             ["tests/security/test_session_limits.py"]),
+        Row("attack", "job specs priced to exhaust memory: the issue's (MLP 256 x 256, batch 512, 64 instances) "
+            "and 8 x 4096 hidden units with 65,536 instances (issue 20 item 1)",
+            f"{len(priced_jobs)} specs from a train key, on SQLite and on PostgreSQL",
+            (" and ".join(f"{j['status']}" for j in priced_jobs) or "?") + " validation_error naming "
+            "training.instances and L2O_JOB_MAX_MEMORY_BYTES; estimates "
+            + (", ".join(f"{j['estimate_bytes'] / 2**30:,.0f} GiB" for j in priced_jobs) or "?")
+            + " against the limit of " + (f"{priced_jobs[0]['limit_bytes'] / 2**30:.0f} GiB" if priced_jobs else "?")
+            + "; no job created",
+            ["tests/jobs/test_price.py"], measured=["jobs:priced"]),
+        Row("attack", "a train key publishing names it did not create (a shipped optimizer, another key's name) "
+            "with output scale -50 (issue 20 item 6)",
+            "2 submissions from the attacking key; a name taken by another key while a job waited",
+            f"{' and '.join(map(str, publish.get('statuses', []))) or '?'} forbidden at submission naming the "
+            f"'admin' scope, {s(publish.get('jobs_created'))} jobs created, the shipped name still at "
+            f"{s(publish.get('shipped_versions'))} version; the waiting job failed at publishing; the name's "
+            "creator and an admin key published", ["tests/jobs/test_publish_scope.py"],
+            measured=["jobs:publish_scope"]),
         Row("attack", "steps declaring more than their session's gradients can take, to an unknown session, and "
             "chunked without end (issue 20 item 3)",
             f"{len(declared)} declared sizes (JSON and safetensors), an unknown session, a chunked body",

@@ -16,6 +16,7 @@ from service.registry.db import Database
 from tests.jobs.conftest import LEASE_S, POLL_S, get_job, tiny_spec, wait_for, wait_for_state
 from tests.jobs.test_recovery import make_job, read, versions_of, worker_process
 from tests.live_server import ServeProcess, free_port
+from tests.record import record
 
 CANCEL_S = 5.0
 SHUTDOWN_S = 15.0
@@ -35,9 +36,12 @@ def submit(client, headers, spec) -> str:
     return response.json()["id"]
 
 
-def cancel_within_bound(client, headers, job_id: str) -> dict:
+def cancel_within_bound(client, headers, job_id: str, phase: str) -> dict:
+    began = time.monotonic()
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
-    return wait_for_state(client, headers, job_id, "cancelled", "succeeded", "failed", timeout=CANCEL_S)
+    done = wait_for_state(client, headers, job_id, "cancelled", "succeeded", "failed", timeout=CANCEL_S)
+    record("stop:cancel", phase=phase, seconds=round(time.monotonic() - began, 2), state=done["state"])
+    return done
 
 
 @pytest.mark.parametrize("phase", sorted(PHASES))
@@ -46,7 +50,7 @@ def test_a_cancel_takes_effect_within_5_s_in_each_phase(client, train_headers, w
     workers.start()
     wait_for(lambda: get_job(client, train_headers, job_id)["progress"]["phase"] == phase, timeout=60,
              what=f"the job to be {phase}")
-    done = cancel_within_bound(client, train_headers, job_id)
+    done = cancel_within_bound(client, train_headers, job_id, phase)
     assert done["state"] == "cancelled" and done["result"] is None
     assert versions_of_name(client, train_headers, f"cancel-{phase}") == 0
 
@@ -62,7 +66,7 @@ def test_a_cancel_takes_effect_within_5_s_while_publishing(client, train_headers
             workers.start()
             wait_for(lambda: get_job(client, train_headers, job_id)["progress"]["phase"] == "publishing",
                      timeout=60, what="the job to be publishing")
-            done = cancel_within_bound(client, train_headers, job_id)
+            done = cancel_within_bound(client, train_headers, job_id, "publishing")
             s.rollback()
     finally:
         db.dispose()
@@ -89,7 +93,8 @@ def test_sigterm_stops_a_worker_within_15_s_handing_its_job_back(settings, tmp_p
         proc.terminate()
         began = time.monotonic()
         assert proc.wait(timeout=SHUTDOWN_S) == 0, log.read_text()
-        assert time.monotonic() - began < SHUTDOWN_S
+        stopped_s = time.monotonic() - began
+        assert stopped_s < SHUTDOWN_S
     finally:
         proc.kill()
         proc.wait()
@@ -98,6 +103,7 @@ def test_sigterm_stops_a_worker_within_15_s_handing_its_job_back(settings, tmp_p
     if phase == "evaluating":  # its training was checkpointed: a new worker evaluates without training again
         assert ResumeCheckpoint.from_bytes(handed.resume_checkpoint).iteration == handed.total_iterations
     assert versions_of(settings, job_id) == 0
+    record("stop:sigterm", process="l2o worker", phase=phase, seconds=round(stopped_s, 2), handed_back=True)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the embedded default: the server runs jobs
@@ -119,7 +125,8 @@ def test_sigterm_stops_serve_within_15_s_saving_sessions_and_handing_the_job_bac
                      timeout=90, what="the job to be evaluating")
         began = time.monotonic()
         server.terminate(timeout=SHUTDOWN_S)
-        assert time.monotonic() - began < SHUTDOWN_S
+        stopped_s = time.monotonic() - began
+        assert stopped_s < SHUTDOWN_S
     finally:
         server.kill()
     log = (tmp_path / "serve.log").read_text()
@@ -133,3 +140,5 @@ def test_sigterm_stops_serve_within_15_s_saving_sessions_and_handing_the_job_bac
             assert job.state == "queued" and job.resume_checkpoint is not None, log
     finally:
         db.dispose()
+    record("stop:sigterm", process="l2o serve", phase="evaluating", seconds=round(stopped_s, 2), handed_back=True,
+           sessions_saved=True)

@@ -12,6 +12,7 @@ from service.jobs.process import run_in_process
 from tests.conftest import checkpoint_bytes
 from tests.jobs.conftest import tiny_spec, wait_for
 from tests.jobs.test_recovery import make_job, read
+from tests.record import record
 
 CAP = 2 * 1024**3
 # About 12 GiB by the estimate: submitted before the limits were lowered (the API would refuse it now).
@@ -44,8 +45,10 @@ def test_a_job_past_the_memory_cap_fails_and_the_api_lives_on(settings, client, 
     job = read(settings, job_id)
     assert job.state == "failed" and "memory" in job.error and "L2O_JOB_MAX_MEMORY_BYTES" in job.error, job.error
     # The API process (this one) answers as before, and its session carries on where it was.
-    assert client.get("/healthz").status_code == 200
-    assert step(1) == 200
+    health, after = client.get("/healthz").status_code, step(1)
+    assert health == 200 and after == 200
+    record("jobs:memory_cap", cap_bytes=CAP, state=job.state, error=job.error.split(".")[0], healthz=health,
+           step_after=after)
     assert client.get(f"/v1/jobs/{job_id}", headers=admin).json()["state"] == "failed"
     assert client.post("/v1/jobs", json=tiny_spec("next"), headers=train_headers).status_code == 201
 

@@ -10,6 +10,7 @@ from service.jobs import price
 from service.jobs.spec import JobSpec
 from service.tasks import FAMILIES, Footprint, make_family
 from tests.jobs.conftest import tiny_spec
+from tests.record import record
 
 # The attack of issue 20: it grew the API process to 22 GB until the kernel killed it.
 ATTACK = {"name": "attack", "family": {"name": "mlp", "params": {"hidden_sizes": [256, 256], "batch_size": 512}},
@@ -31,6 +32,8 @@ def test_oversized_specs_are_refused_over_http_naming_field_and_limit(client, tr
     assert error["detail"]["field"] == "training"
     assert error["detail"]["estimate_bytes"] > error["detail"]["limit_bytes"] == 4 * 1024**3
     assert client.get("/v1/jobs", headers=train_headers).json() == []  # nothing was created
+    record("jobs:priced", spec=spec["name"], status=response.status_code,
+           estimate_bytes=error["detail"]["estimate_bytes"], limit_bytes=error["detail"]["limit_bytes"])
 
 
 @pytest.mark.parametrize("spec", [

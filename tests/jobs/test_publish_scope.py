@@ -7,6 +7,7 @@ from __future__ import annotations
 from service.registry import service as registry
 from tests.conftest import checkpoint_bytes
 from tests.jobs.conftest import tiny_spec, wait_for_state
+from tests.record import record
 
 QUICK = {"training": {"iterations": 2, "eval_every": 1}}
 
@@ -34,14 +35,17 @@ def test_a_train_key_publishes_only_new_names_or_its_own(client, app, make_key, 
     assert finished(client, alice, again["id"])["result"]["reference"] == "alices:2"
 
     # The attack: another train key publishing a name it did not create, with an output scale of -50.
+    statuses = []
     for name in ("quadratic-lstm", "alices"):
         refused = submit(client, mallory, name, optimizer={"output_scale": -50.0})
         assert refused.status_code == 403, refused.text
         error = refused.json()["error"]
         assert error["code"] == "forbidden" and "'admin' scope" in error["message"] and name in error["message"]
+        statuses.append(refused.status_code)
     assert client.get("/v1/jobs", headers=mallory).json() == []  # nothing was created
     latest = client.get("/v1/optimizers/quadratic-lstm", headers=alice).json()
     assert [v["version"] for v in latest["versions"]] == [1]
+    record("jobs:publish_scope", statuses=statuses, jobs_created=0, shipped_versions=len(latest["versions"]))
 
     # An admin key may publish anywhere.
     by_admin = submit(client, admin, "alices").json()
