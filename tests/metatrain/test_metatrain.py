@@ -58,10 +58,15 @@ def test_no_second_derivatives_flow_into_the_optimizee_gradient():
     assert torch.equal(grad, before)
 
 
-def test_meta_gradient_equals_the_straightforward_implementation():
-    """Taking ∂f/∂θ with autograd.grad gives the same meta-gradient as a per-step backward through the graph."""
-    batch = make_family("quadratic", dim=4).sample(1, seed=1)
-    config = OptimizerConfig(hidden_size=6)
+@pytest.mark.parametrize("config", [
+    OptimizerConfig(hidden_size=6),
+    OptimizerConfig(architecture="feature_mlp", hidden_size=6, num_layers=1, output_scale=0.01),
+], ids=["lstm", "feature_mlp"])
+@pytest.mark.parametrize("instances", [1, 3])
+def test_meta_gradient_equals_the_straightforward_implementation(config, instances):
+    """Taking ∂f/∂θ with autograd.grad gives the same meta-gradient as a per-step backward through the graph,
+    for either architecture, on one instance or a batch (bench.metatrain times the two on the same batch)."""
+    batch = make_family("quadratic", dim=4).sample(instances, seed=1)
     grads = []
     for unroll_fn in ("fast", "naive"):
         net = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(0))
