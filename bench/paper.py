@@ -3,8 +3,9 @@
 Meta-trains (or, with --load, loads the shipped) optimizers, evaluates each row of
 the paper's table on held-out instances against SGD, NAG, RMSprop and Adam with
 learning rates tuned on training instances, prints one table, writes it as JSON
-and the loss curves as a PNG. Also measures meta-training throughput against the
-straightforward implementation (one instance at a time, a backward pass per step).
+and the loss curves as a PNG. Every row also runs the shipped general optimizer (general-mlp, trained on
+the mixture, never on these families) against the same tuned baselines. Reports the meta-training runs'
+throughput; `bench.metatrain` compares it with the straightforward implementation like for like.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from typing import Any
 
 import torch
 
-from service.lopt import Checkpoint, CoordinatewiseLSTM, OptimizerConfig
+from service.lopt import Checkpoint, OptimizerConfig
 from service.metatrain import EvaluationReport, MetaTrainSettings, evaluate, meta_train, tune_all
-from service.metatrain.baselines import LR_GRID
-from service.metatrain.naive import naive_throughput
 from service.tasks import make_family
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "service" / "pretrained"
@@ -71,7 +70,8 @@ QUICK_SETTINGS = {
     "mlp": MetaTrainSettings(iterations=2, instances=16, meta_lr=3e-3, eval_every=2, eval_instances=4),
 }
 SHIPPED = {"quadratic": "quadratic-lstm", "mlp": "digits-mlp-lstm"}
-TIMING_REPEATS = 3  # short throughput timings (a shipped optimizer's few iterations, the yardstick) per run
+GENERAL = "general-mlp"  # the shipped general optimizer, run on every row beside the row's own
+TIMING_REPEATS = 3  # short throughput timings (a shipped optimizer's few iterations) per run
 
 
 def train(kind: str, seed: int, quick: bool) -> tuple[Checkpoint, dict[str, float]]:
@@ -86,15 +86,6 @@ def train(kind: str, seed: int, quick: bool) -> tuple[Checkpoint, dict[str, floa
     return result.checkpoint, {"seconds": result.seconds, "optimizee_steps_per_s": result.optimizee_steps_per_s}
 
 
-def naive_yardstick(kind: str, quick: bool) -> float:
-    family_name, params, settings = RECIPES[kind]
-    net = CoordinatewiseLSTM(OptimizerConfig(), generator=torch.Generator().manual_seed(0))
-    naive_throughput(net, make_family(family_name, **params), instances=1, horizon=settings.unroll,
-                     unroll=settings.unroll)  # warm-up, untimed
-    return naive_throughput(net, make_family(family_name, **params), instances=1 if quick else 2,
-                            horizon=settings.horizon, unroll=settings.unroll)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     n_eval = 16 if quick else 64
@@ -103,36 +94,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     to_train = set() if quick or args.load else set(args.train.split(","))
     for kind in ("quadratic", "mlp"):
-        kind_seeds = seeds if kind == "quadratic" else seeds[:1]
         optimizers[kind], runs = [], []
         if kind not in to_train:
             # Evaluate the shipped checkpoint (made by the same recipe) and time a few iterations of the recipe.
             optimizers[kind] = [Checkpoint.load(PRETRAINED / SHIPPED[kind])]
             print(f"timing a few meta-training iterations of {kind} ...", flush=True)
             # An untimed first run keeps one-off costs (imports, loading the digits, the first eval's kernel
-            # load) out of a figure measured over a few seconds; the yardstick is warmed up the same way.
+            # load) out of a figure measured over a few seconds.
             train(kind, 0, quick=True)
             runs.extend(train(kind, 0, quick=True)[1] for _ in range(1 if quick else TIMING_REPEATS))
-        for seed in kind_seeds if kind in to_train else []:
+        for seed in seeds if kind in to_train else []:
             print(f"meta-training {kind} (seed {seed}) ...", flush=True)
             ckpt, stats = train(kind, seed, quick=False)
             optimizers[kind].append(ckpt)
             runs.append(stats)
         # Medians of repeated short timings: one run of a few seconds moves with whatever else the machine does.
-        naive = statistics.median(naive_yardstick(kind, quick) for _ in range(1 if quick else TIMING_REPEATS))
-        fast = statistics.median(r["optimizee_steps_per_s"] for r in runs)
-        meta[kind] = {"trained": kind in to_train,
-                      "seconds": statistics.median(r["seconds"] for r in runs), "optimizee_steps_per_s": fast,
-                      "naive_optimizee_steps_per_s": naive, "speedup": fast / naive, "seeds": runs}
+        meta[kind] = {"trained": kind in to_train, "seconds": statistics.median(r["seconds"] for r in runs),
+                      "optimizee_steps_per_s": statistics.median(r["optimizee_steps_per_s"] for r in runs),
+                      "seeds": runs}
+    general = Checkpoint.load(PRETRAINED / GENERAL)
 
     rows, reports = [], {}
     tuned_cache: dict[str, Any] = {}
     for row in ROWS:
         family = make_family(row.family, **row.params)
         key = json.dumps([row.family, row.params, row.steps], sort_keys=True)
-        if key not in tuned_cache:
-            grid = {"grid": LR_GRID[::2]} if quick else {}
-            tuned_cache[key] = tune_all(family, steps=row.steps, n_instances=8 if quick else 16, seed=0, **grid)
+        if key not in tuned_cache:  # --quick tunes on the same grid, on fewer instances
+            tuned_cache[key] = tune_all(family, steps=row.steps, n_instances=8 if quick else 16, seed=0)
         per_seed: list[EvaluationReport] = [
             evaluate(ckpt, family, n_instances=n_eval, steps=row.steps, seed=1, tuned=tuned_cache[key])
             for ckpt in optimizers[row.optimizer]]
@@ -143,12 +131,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         half = evaluate(optimizers[row.optimizer][median_i], family, n_instances=n_eval, steps=row.steps, seed=1,
                         tuned=tuned_cache[key], baselines=(), state_dtype=torch.bfloat16).final["lstm"]
         final = report.final
+        general_loss = evaluate(general, family, n_instances=n_eval, steps=row.steps, seed=1,
+                                tuned=tuned_cache[key], baselines=()).final["lstm"]
         rows.append({
             "row": row.name, "steps": row.steps, "lstm": final["lstm"],
             "baselines": {k: v for k, v in final.items() if k != "lstm"},
             "learning_rates": report.learning_rates,
             "best_baseline": report.best_baseline, "ratio": report.ratio, "seed_ratios": ratios,
             "target_ratio": TARGETS[row.name], "lstm_bf16_state": half, "paper": PAPER[row.name],
+            "general": general_loss, "general_ratio": general_loss / final[report.best_baseline],
         })
     return {"quick": quick, "trained": sorted(to_train), "rows": rows, "meta_training": meta,
             "_reports": reports}
@@ -156,21 +147,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     head = (f"{'row':<22} {'LSTM':>8} {'(bf16)':>8} {'SGD':>8} {'NAG':>8} {'RMSprop':>8} {'ADAM':>8} "
-            f"{'ratio':>6} {'target':>6} | paper: {'LSTM':>6} {'ADAM':>6}")
+            f"{'ratio':>6} {'target':>6} {GENERAL:>12} {'ratio':>6} | paper: {'LSTM':>6} {'ADAM':>6}")
     print(head)
     print("-" * len(head))
     for r in result["rows"]:
         b = r["baselines"]
         target = f"≤{r['target_ratio']:.2g}" if r["target_ratio"] else "-"
         print(f"{r['row']:<22} {r['lstm']:>8.4g} {r['lstm_bf16_state']:>8.4g} {b['sgd']:>8.4g} {b['nag']:>8.4g} "
-              f"{b['rmsprop']:>8.4g} {b['adam']:>8.4g} {r['ratio']:>6.3f} {target:>6} | "
+              f"{b['rmsprop']:>8.4g} {b['adam']:>8.4g} {r['ratio']:>6.3f} {target:>6} {r['general']:>12.4g} "
+              f"{r['general_ratio']:>6.3f} | "
               f"       {r['paper']['lstm']:>6.3g} {r['paper']['adam']:>6.3g}")
         if len(r["seed_ratios"]) > 1:
             print(f"{'':<22} per-seed ratios: {', '.join(f'{x:.3f}' for x in r['seed_ratios'])} (median shown)")
     for kind, m in result["meta_training"].items():
         what = "meta-training" if m["trained"] else "meta-training (a few timed iterations; shipped checkpoint used)"
         print(f"{what} {kind}: {m['seconds']:.0f} s, {m['optimizee_steps_per_s']:,.0f} optimizee steps/s "
-              f"(straightforward: {m['naive_optimizee_steps_per_s']:,.0f}/s, {m['speedup']:.1f}x)")
+              "(with validation; `python -m bench.metatrain` compares the loop with the straightforward one)")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -196,10 +188,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="under 3 minutes: evaluate the shipped checkpoints on fewer instances, time a short run")
+                        help="evaluate the shipped checkpoints on fewer instances (the same tuning grid), time a "
+                             "short run")
     parser.add_argument("--load", action="store_true", help="evaluate the shipped pretrained optimizers only")
     parser.add_argument("--train", default="quadratic,mlp",
-                        help="which optimizers to meta-train (quadratic: three seeds); the others are loaded")
+                        help="which optimizers to meta-train (three seeds each, the median shown); the others are "
+                             "loaded")
     parser.add_argument("--json", type=Path, default=Path("bench/results/paper.json"))
     parser.add_argument("--plot", type=Path, default=Path("bench/results/paper.png"))
     args = parser.parse_args(argv)
