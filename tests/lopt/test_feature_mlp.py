@@ -183,6 +183,25 @@ def test_past_its_time_horizon_the_rule_sees_the_time_it_saw_last():
     assert not torch.allclose(u_clamped, u_free)
 
 
+def test_the_servers_in_place_step_holds_the_time_features_too():
+    """Sessions step through kernel.step_inference_ (in blocks, into the session's buffers): past the
+    horizon it gives the clamped rule's updates, not the unclamped one's."""
+    from service.lopt.kernel import step_inference_
+
+    weights = trained_like()
+    clamped = OptimizerConfig(**{**CFG.__dict__, "time_horizon": 50})
+    betas = torch.tensor([*feature_mlp.BETA1S, feature_mlp.BETA2])
+    g = torch.Generator().manual_seed(9)
+    hc = torch.cat([torch.randn(40, 4, generator=g).abs(), (1 - betas ** 3000).expand(40, 4)], dim=1)
+    grads = torch.randn(40, generator=g)
+    expected = feature_mlp.step(weights, grads, hc, CFG.output_scale, CFG.num_layers, 50)
+    free = feature_mlp.step(weights, grads, hc, CFG.output_scale, CFG.num_layers)
+    out_state, out_updates = torch.empty_like(hc), torch.empty(40)
+    step_inference_(clamped, weights, grads, LSTMState(hc.clone()), out_state=out_state, out_updates=out_updates)
+    assert torch.equal(out_updates, expected[0]) and torch.equal(out_state, expected[1])
+    assert not torch.allclose(out_updates, free[0])
+
+
 def test_a_checkpoint_round_trips_and_refuses_weights_of_the_other_architecture():
     ckpt = Checkpoint(CFG, trained_like())
     back = Checkpoint.from_bytes(ckpt.to_bytes())
