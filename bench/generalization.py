@@ -150,9 +150,14 @@ def evaluate_problem(problem: Problem, learned: dict[str, Checkpoint], report: l
     for name, c in curves.items():
         row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
         row["curve"][name] = [float(v) for v in c.mean(dim=1)]
-        diverged = (~torch.isfinite(c) | (c > initial.unsqueeze(0) * (1 + 1e-6))).any(dim=0)
-        row["divergences"][name] = int(diverged.sum())
+        row["divergences"][name] = diverged_runs(c, initial)
     return row
+
+
+def diverged_runs(curve: torch.Tensor, initial: torch.Tensor) -> int:
+    """Runs (columns of a (points, runs) curve) whose loss was non-finite or above its initial loss at any
+    recorded point."""
+    return int((~torch.isfinite(curve) | (curve > initial.unsqueeze(0) * (1 + 1e-6))).any(dim=0).sum())
 
 
 def summarize(rows: list[dict], report: list[int]) -> dict:

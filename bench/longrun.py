@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.generalization import learned_optimizer, record_points, run, torch_optimizer
+from bench.generalization import diverged_runs, learned_optimizer, record_points, run, torch_optimizer
 from service.lopt import Checkpoint
 from service.tasks.mixture import MixtureFamily
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                "loss": {}, "diverged": {}}
         for name, c in curves.items():
             row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
-            row["diverged"][name] = int((~torch.isfinite(c) | (c > initial * (1 + 1e-6))).any(dim=0).sum())
+            row["diverged"][name] = diverged_runs(c, initial)
         rows.append(row)
         print(f"problem {k} {row['spec']['kind']}: " + ", ".join(
             f"{n} {row['loss'][n][str(args.steps)]:.3g}{'!' * row['diverged'][n]}" for n in curves),

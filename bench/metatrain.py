@@ -47,7 +47,7 @@ class Recipe:
 
 
 # The shipped checkpoints' recipes (their configs hold the commands), at one fixed horizon each: the
-# mixture draws its horizons up to 500, but a step costs the same at any point of a trajectory.
+# mixture draws its horizons up to 2,000, but a step costs the same at any point of a trajectory.
 RECIPES = [
     Recipe("quadratic, LSTM", OptimizerConfig(), "quadratic", instances=128),
     Recipe("digits MLP, LSTM", OptimizerConfig(), "mlp", instances=16),
