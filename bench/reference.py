@@ -36,12 +36,19 @@ class ReferenceLSTM(nn.Module):
             self.head.bias.copy_(weights["head.bias"])
 
     @torch.no_grad()
-    def step(self, grads: torch.Tensor, hc: torch.Tensor, *, chunk: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, grads: torch.Tensor, hc: torch.Tensor, *, chunk: int | None = None,
+             out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(updates, new hc) for grads (N,) and hc (N, layers, 2, H); the new hc is float32.
-        `chunk` processes that many coordinates at a time (the cache-friendly variant)."""
+        `chunk` processes that many coordinates at a time (the cache-friendly variant); with `out`
+        (updates, hc) each chunk's results are copied into those buffers, as a step into given buffers."""
         if chunk is None:
             return self._step(grads, hc)
+        if out is not None:
+            for s in range(0, grads.shape[0], chunk):
+                u, new = self._step(grads[s:s + chunk], hc[s:s + chunk])
+                out[0][s:s + chunk].copy_(u)
+                out[1][s:s + chunk].copy_(new)
+            return out
         parts = [self._step(grads[s:s + chunk], hc[s:s + chunk]) for s in range(0, grads.shape[0], chunk)]
         return torch.cat([u for u, _ in parts]), torch.cat([s for _, s in parts])
 

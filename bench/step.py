@@ -135,6 +135,15 @@ def reference_chunked_ns(bench: Bench, n: int) -> Callable[[], object] | None:
     return lambda: bench.reference().step(grads, state.hc, chunk=REFERENCE_CHUNK)
 
 
+def reference_into_ns(bench: Bench, n: int) -> Callable[[], object] | None:
+    """The chunked reference writing into buffers made once, like the server's step (`step_ns`)."""
+    if bench.on_gpu:
+        return None
+    grads, state = bench.inputs(n)
+    out = (torch.empty(n), torch.empty(state.hc.shape))
+    return lambda: bench.reference().step(grads, state.hc, chunk=REFERENCE_CHUNK, out=out)
+
+
 def step_ns(bench: Bench, n: int) -> Callable[[], object]:
     """The step the server runs: the new state into the session's spare buffer (double buffering,
     as the memory store does), so no step allocates."""
@@ -250,7 +259,7 @@ def _back_to_back(call: Callable[[], object], n: int) -> Callable[[], object] | 
 
 
 SIZE_MEASUREMENTS: list[Callable[[Bench, int], Callable[[], object] | None]] = [
-    reference_ns, reference_1thread_ns, reference_chunked_ns,
+    reference_ns, reference_1thread_ns, reference_chunked_ns, reference_into_ns,
     step_ns, step_pure_ns, step_bf16_ns, feature_mlp_ns,
     remote_binary_ns, remote_json_ns,
     step_back_to_back_ns, remote_binary_back_to_back_ns,
@@ -484,6 +493,8 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
             # Like for like: nn.LSTMCell's best variant against our step, both allocating their outputs.
             best = min(row[k] for k in ("reference_ns", "reference_1thread_ns", "reference_chunked_ns") if row.get(k))
             row["speedup"] = best / row["step_pure_ns"]
+            if row.get("reference_into_ns"):   # and both writing into given buffers
+                row["speedup_into"] = row["reference_into_ns"] / row["step_ns"]
             row["times_limit"] = row["step_ns"] / floor
         for wire in ("binary", "json"):
             if row.get(f"remote_{wire}_ns") and row.get("step_ns"):
@@ -495,13 +506,14 @@ def derive(result: dict[str, Any], bench: Bench) -> None:
 
 def table(result: dict[str, Any]) -> str:
     cols = [("coords", None), ("reference", "reference_ns"), ("ref 1 thread", "reference_1thread_ns"),
-            ("ref chunked", "reference_chunked_ns"),
+            ("ref chunked", "reference_chunked_ns"), ("ref into", "reference_into_ns"),
             ("step", "step_ns"), ("step pure", "step_pure_ns"), ("step bf16", "step_bf16_ns"),
             ("feature mlp", "feature_mlp_ns"), ("mlp / step", "feature_mlp_over_step"),
-            ("limit", "limit_ns"), ("pure/best ref", "speedup"), ("x limit", "times_limit"),
+            ("limit", "limit_ns"), ("pure/best ref", "speedup"),
+            ("ref into/step", "speedup_into"), ("x limit", "times_limit"),
             ("remote bin", "remote_binary_ns"), ("bin / step", "remote_binary_over_step"),
             ("remote json", "remote_json_ns"), ("json / step", "remote_json_over_step")]
-    ratios = ("speedup", "times_limit", "remote_binary_over_step", "remote_json_over_step",
+    ratios = ("speedup", "speedup_into", "times_limit", "remote_binary_over_step", "remote_json_over_step",
               "feature_mlp_over_step")
     lines = ["  ".join(f"{c:>13}" for c, _ in cols)]
     for n, row in result["sizes"].items():
@@ -512,7 +524,7 @@ def table(result: dict[str, Any]) -> str:
                          else f"{v:>13.1f}")
         lines.append("  ".join(cells))
     for n, row in result["sizes"].items():
-        cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:8]
+        cpu = ", ".join(f"{label} {row[key.removesuffix('_ns') + '_cpu_ns']:.0f}" for label, key in cols[1:9]
                         if row.get(key) is not None)
         lines.append(f"CPU ns per coordinate, all threads, at {int(n):,}: {cpu}")
     for n, row in result["sizes"].items():

@@ -28,7 +28,10 @@ from service.lopt.config import OptimizerConfig
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lstm_step.cpp")
-FLAGS = ("-O3", "-fno-math-errno")
+# -fopenmp: at::parallel_for is a header template that runs on one thread unless the caller is compiled
+# with OpenMP (torch's parallel backend here); measured at a million coordinates: 2 threads 222 ns/coord
+# without it, the same as 1 thread.
+FLAGS = ("-O3", "-fno-math-errno", "-fopenmp")
 
 
 class NativeError(RuntimeError):
