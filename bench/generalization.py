@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write optimizer NAME's report, in the registry's evaluation shape, to PATH")
     parser.add_argument("--reuse", type=Path, metavar="JSON", action="append", default=[],
                         help="an earlier run's JSON (same --quick or not): its optimizers are not run again "
-                             "(repeatable: runs over different problems combine)")
+                             "(repeatable: runs over different problems, or of different optimizers, combine)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; these problems are small enough that more threads only add waiting")
     args = parser.parse_args(argv)
@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(path.read_text())
         if (earlier["report_steps"], earlier["seeds"]) != (report, seeds):
             parser.error(f"{path} has steps {earlier['report_steps']} on {earlier['seeds']} seeds, not {report}")
-        reused.update({r["problem"]: r for r in earlier["problems"]})
+        for r in earlier["problems"]:
+            if r["problem"] in reused:   # the same problem in another run: its optimizers join those already read
+                reused[r["problem"]] = {**reused[r["problem"]], "raw": {**reused[r["problem"]]["raw"], **r["raw"]}}
+            else:
+                reused[r["problem"]] = r
     began = time.perf_counter()
     rows = []
     for problem in problems:

@@ -45,7 +45,8 @@ SETTING_HELP = {
     "eval_instances": "validation instances",
     "resume_every": f"write a resume checkpoint (OUT/{RESUME_FILE}) every N iterations",
     "device": "torch device to meta-train on (cpu, cuda, ...)",
-    "meta_loss": "sum (the paper's sum of losses) or log (mean log loss: every problem of a mixture counts alike)",
+    "meta_loss": ("sum (the paper's sum of losses), log (mean log loss: every problem of a mixture counts alike) or "
+                  "log_rise (log, and a penalty on a loss above the run's initial one)"),
     "max_horizon": "draw each iteration's horizon log-uniformly from --horizon to this (default: always --horizon)",
     "eval_problems": "validation problems (a mixture draws several)",
 }

@@ -117,7 +117,9 @@ class TrainingSpec(_Strict):
                                 description="validation instances scored every eval_every iterations")
     resume_every: int = Field(default=_TRAIN.resume_every, ge=1)
     meta_loss: Literal[META_LOSSES] = Field(  # type: ignore[valid-type]
-        default=_TRAIN.meta_loss, description="sum (the paper's), or log: every problem's relative progress alike")
+        default=_TRAIN.meta_loss,
+        description="sum (the paper's), log: every problem's relative progress alike, or log_rise: log, and a "
+                    "penalty on a loss above the run's initial one")
     max_horizon: int | None = Field(default=None, ge=1, le=100_000,
                                     description="when set, each iteration's horizon is drawn from horizon..max_horizon")
     eval_problems: int = Field(default=_TRAIN.eval_problems, ge=1, le=64, description="validation problems")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 META_LR_SCHEDULES = ("constant", "cosine")
-META_LOSSES = ("sum", "log")
+META_LOSSES = ("sum", "log", "log_rise")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class MetaTrainSettings:
     device: str = "cpu"
     # "sum": the paper's Σ f(θ_t). "log": the mean of log f(θ_t), the same weight for every problem's relative
     # progress whatever its loss scale (a mixture of problems needs it); a trajectory that diverges is dropped.
+    # "log_rise": "log", plus a penalty on every step whose loss is above the run's initial loss (unroll.py).
     meta_loss: str = "sum"
     # When set, each iteration's horizon is drawn log-uniformly from horizon..max_horizon (a multiple of
     # unroll): short runs keep early progress in view, long ones teach the optimizer to stay stable.

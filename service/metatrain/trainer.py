@@ -117,7 +117,7 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
         n_unrolls = horizon // settings.unroll
         for _ in range(n_unrolls):
             meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll, settings.meta_loss)
-            if not torch.isfinite(meta_loss) and settings.meta_loss == "log":
+            if not torch.isfinite(meta_loss) and settings.meta_loss != "sum":
                 n_unrolls = max(1, traj.step // settings.unroll - 1)
                 break  # this problem diverged under the current weights: drop the rest of its trajectory
             if not torch.isfinite(meta_loss):

@@ -43,3 +43,16 @@ def test_a_quick_run_reports_every_optimizer_on_every_problem(tmp_path):
                                                                      "sgdm-tuned"}
     assert len(ev["steps_at"]) == len(ev["curves"]["adam-tuned"]["mean"]) and ev["best_baseline"] in ev["curves"]
     assert abs(ev["ratio"] - ev["final"]["general-mlp"] / ev["final"][ev["best_baseline"]]) < 1e-12
+
+
+def test_reuse_combines_runs_of_different_optimizers_on_one_problem(tmp_path):
+    """Runs made side by side, each beside the same baselines, combine into one report without running again."""
+    only, general = ["--quick", "--no-shipped", "--only", PROBLEMS[0].name], ROOT / "service/pretrained/general-mlp"
+    base, a, b, both = (tmp_path / f"{n}.json" for n in ("base", "a", "b", "both"))
+    generalization.main([*only, "--json", str(base)])
+    generalization.main([*only, "--reuse", str(base), "--optimizer", f"first={general}", "--json", str(a)])
+    generalization.main([*only, "--reuse", str(base), "--optimizer", f"second={general}", "--json", str(b)])
+    generalization.main([*only, "--reuse", str(a), "--reuse", str(b), "--json", str(both)])
+    rows = [json.loads(p.read_text())["problems"][0] for p in (a, b, both)]
+    assert {"first", "second", "adam-tuned"} <= set(rows[2]["loss"])
+    assert rows[2]["raw"]["first"] == rows[0]["raw"]["first"] and rows[2]["raw"]["second"] == rows[1]["raw"]["second"]

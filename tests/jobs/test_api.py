@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -177,3 +179,30 @@ def test_invalid_specs_are_422_naming_the_field(client, train_headers, change, f
     assert error["code"] == "validation_error"
     assert f"{field}:" in error["message"] and words in error["message"]
     assert client.get("/v1/jobs", headers=train_headers).json() == []  # nothing was created
+
+
+def test_the_shipped_general_recipe_runs_as_a_job(client, train_headers, workers):
+    """general-mlp's recipe, read from the shipped checkpoint's config, is a spec the API accepts and runs; only
+    the run's length is cut. The version it publishes carries the same architecture and meta-training settings."""
+    shipped = Checkpoint.load(Path(__file__).resolve().parents[2] / "service" / "pretrained" / "general-mlp").config
+    recipe = shipped.trained_on
+    training = {k: v for k, v in recipe["settings"].items() if k != "device"}
+    training.update(iterations=2, max_horizon=100, eval_every=1, eval_problems=2, resume_every=1)
+    spec = tiny_spec("general-recipe", family={"name": recipe["family"], "params": recipe["params"]},
+                     optimizer={"architecture": shipped.architecture, "hidden_size": shipped.hidden_size,
+                                "num_layers": shipped.num_layers, "output_scale": shipped.output_scale},
+                     training=training)
+    spec["training"] = training
+    job = submit(client, train_headers, spec)
+    workers.start()
+    done = wait_for_state(client, train_headers, job["id"], "succeeded", "failed", timeout=300)
+    assert done["state"] == "succeeded", done["error"]
+    data = client.get("/v1/optimizers/general-recipe/versions/1/checkpoint", headers=train_headers).content
+    made = Checkpoint.from_bytes(data).config
+    assert (made.architecture, made.hidden_size, made.num_layers, made.output_scale, made.time_horizon) == (
+        shipped.architecture, shipped.hidden_size, shipped.num_layers, shipped.output_scale, 100)
+    assert made.trained_on["family"] == recipe["family"] and made.trained_on["params"] == recipe["params"]
+    cut = {"iterations", "max_horizon", "eval_every", "eval_problems", "resume_every", "device"}
+    assert {k: v for k, v in made.trained_on["settings"].items() if k not in cut} == {
+        k: v for k, v in recipe["settings"].items() if k not in cut}
+    assert made.trained_on["settings"]["meta_loss"] == recipe["settings"]["meta_loss"] == "log_rise"

@@ -175,3 +175,34 @@ def test_the_log_meta_loss_is_the_mean_log_loss_over_the_unroll():
         logs.append(batch.loss(theta, t + 1).log().mean())
     assert torch.allclose(meta.detach(), torch.stack(logs).mean(), rtol=1e-5)
     assert after.step == 4
+
+
+@pytest.mark.parametrize("output_scale, rises", [(1e-3, False), (3.0, True)], ids=["careful", "overshooting"])
+def test_log_rise_charges_only_the_steps_above_the_initial_loss(output_scale, rises):
+    """A careful optimizer's log_rise meta-loss is its log meta-loss; one whose steps overshoot the quadratic pays
+    RISE_PENALTY times the log ratio of each loss above the run's initial loss, recomputed here by hand."""
+    from service.metatrain.unroll import RISE_PENALTY
+
+    config = OptimizerConfig(architecture="feature_mlp", hidden_size=4, num_layers=1, output_scale=output_scale)
+    weights = CoordinatewiseLSTM(config, generator=torch.Generator().manual_seed(0)).weights()
+    batch = make_family("quadratic", dim=4).sample(3, seed=2)
+    theta = batch.init_params()
+    losses = {}
+    for kind in ("log", "log_rise"):
+        traj = Trajectory(theta, init(config, theta.numel()), 0)
+        first, traj = run_unroll(config, weights, batch, traj, 4, kind)
+        second, traj = run_unroll(config, weights, batch, traj, 4, kind)
+        losses[kind] = (float(first.detach()), float(second.detach()))
+    # The same run again, step by step, to name each step's loss.
+    initial = batch.loss(theta, 0).detach().log()
+    traj = Trajectory(theta, init(config, theta.numel()), 0)
+    logs = []
+    for t in range(8):
+        _, traj = run_unroll(config, weights, batch, traj, 1, "log")
+        traj = traj.detach()
+        logs.append(batch.loss(traj.theta, t + 1).detach().log())
+    penalty = [float(sum(RISE_PENALTY * (lg - initial).clamp_min(0).mean() for lg in logs[k:k + 4])) / 4
+               for k in (0, 4)]
+    assert (sum(penalty) > 0.1) == rises
+    for k in (0, 1):
+        assert losses["log_rise"][k] == pytest.approx(losses["log"][k] + penalty[k], rel=1e-5, abs=1e-6)
