@@ -76,6 +76,8 @@ class OptimizerSpec(_Strict):
     preprocess_p: float = Field(default=_OPT.preprocess_p, gt=0, lt=100)
     output_scale: float = Field(default=None, validate_default=False,  # type: ignore[assignment]
                                 description="the LSTM's output times this, or the feature MLP's base step")
+    warmup: bool | None = Field(default=None, description="feature_mlp only: its step-size factor grows over its "
+                                                          "first steps (up to 1.4x at the first)")
 
     @field_validator("output_scale")
     @classmethod
@@ -93,6 +95,8 @@ class OptimizerSpec(_Strict):
             self.output_scale = 0.003 if mlp else _OPT.output_scale
         if mlp and (self.preprocess, self.preprocess_p) != (_OPT.preprocess, _OPT.preprocess_p):
             raise ValueError("preprocess and preprocess_p apply to the lstm architecture only")
+        if not mlp and self.warmup is not None:
+            raise ValueError("warmup applies to the feature_mlp architecture only")
         return self
 
     def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:

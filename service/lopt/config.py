@@ -14,7 +14,7 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 # Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
-FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon",)
+FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup")
 
 
 class ConfigError(ValueError):
@@ -34,6 +34,8 @@ class OptimizerConfig:
     output_scale: float = 0.1
     # The feature MLP's time features stop at this step (the longest horizon it was meta-trained on).
     time_horizon: int | None = None
+    # The feature MLP's step-size factor grows over its first steps (lopt/feature_mlp.py); None: off.
+    warmup: bool | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -54,6 +56,8 @@ class OptimizerConfig:
                                               or not isinstance(self.time_horizon, int)
                                               or not 1 <= self.time_horizon <= 1_000_000):
             raise ConfigError(f"time_horizon must be an integer in 1..1000000, got {self.time_horizon!r}")
+        if self.warmup is not None and not isinstance(self.warmup, bool):
+            raise ConfigError(f"warmup must be true, false or absent, got {self.warmup!r}")
         if not (1 <= int(self.hidden_size) <= 1024):
             raise ConfigError(f"hidden_size must be in 1..1024, got {self.hidden_size}")
         if not (1 <= int(self.num_layers) <= 8):

@@ -9,6 +9,11 @@ timescales, as Wichrowska et al. (2017) and the small per-parameter MLPs of Metz
     d, a  = MLP(x)                                         (ReLU hidden layers, two outputs)
     Δ     = −η · exp(3.5·tanh a) · (m̂_0.9·r + 3·tanh(d/3))
 
+With `warmup`, the step-size factor at step t is at most exp(3.5·(1 − 0.9^t)): 1.4 at the first step, 5 by the
+fifth, the full e^3.5 after about 40. On the mixture's validation draws the rule's first update, about ten
+times Adam's, put the loss above its initial value on 4 of 8 problems; β = 0.9 is the momentum the
+direction averages over, so the cap lifts as that average fills.
+
 Every input is invariant to the gradient's scale, so a loss scaled by any factor gets the same updates.
 With the output layer at zero the rule is Adam at step η (β1 = 0.9): meta-training starts from a working
 hand-designed optimizer and learns a bounded correction of its direction (±3) and of its step size
@@ -90,9 +95,10 @@ def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = 
 
 
 def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
-         layers: int, time_horizon: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         layers: int, time_horizon: int | None = None, warmup: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32 (float64 with float64
-    weights, for gradient checks), returns the state in its dtype. `time_horizon`: see `inputs`.
+    weights, for gradient checks), returns the state in its dtype. `time_horizon`: see `inputs`; `warmup`:
+    see the module's docstring.
 
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
     """
@@ -102,5 +108,8 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
         h = torch.relu(torch.addmm(weights[f"mlp.{layer}.bias"], h, weights[f"mlp.{layer}.weight"].t()))
     out = torch.addmm(weights["head.bias"], h, weights["head.weight"].t())
     direction = adam_direction + DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
-    updates = -base_step * torch.exp(MAGNITUDE_RANGE * torch.tanh(out[:, 1])) * direction
+    magnitude = MAGNITUDE_RANGE * torch.tanh(out[:, 1])
+    if warmup:
+        magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5].to(dtype))   # 1 − 0.9^t
+    updates = -base_step * torch.exp(magnitude) * direction
     return updates, new_state.to(state.dtype)

@@ -37,7 +37,7 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
         raise ValueError(f"grads has {grads.shape[0]} coordinates, state has {state.n_coords}")
     if config.architecture == "feature_mlp":
         updates, hc = feature_mlp.step(weights, grads, state.hc, config.output_scale, config.num_layers,
-                                       config.time_horizon)
+                                       config.time_horizon, bool(config.warmup))
         if out_state is not None and not torch.is_grad_enabled():   # the buffers' contract, for any architecture
             hc = out_state.copy_(hc)
             updates = updates if out_updates is None else out_updates.copy_(updates)

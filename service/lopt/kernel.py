@@ -113,7 +113,7 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
                 part = slice(start, start + CHUNK)
                 if config.architecture == "feature_mlp":
                     u, new = feature_mlp.step(weights, g[part], hc[part], config.output_scale, config.num_layers,
-                                              config.time_horizon)
+                                              config.time_horizon, bool(config.warmup))
                 else:
                     u, new = step_autograd(config, weights, g[part], LSTMState(hc[part]))
                     new = new.hc

@@ -48,6 +48,8 @@ def test_a_stored_spec_reads_back_the_same():
     ({"name": "p", "optimizer": {"hidden_size": 0}}, ("optimizer", "hidden_size")),
     ({"name": "p", "optimizer": {"architecture": "transformer"}}, ("optimizer", "architecture")),
     ({"name": "p", "training": {"meta_loss": "mse"}}, ("training", "meta_loss")),
+    ({"name": "p", "optimizer": {"warmup": "soon", "architecture": "feature_mlp"}}, ("optimizer", "warmup")),
+    ({"name": "p", "optimizer": {"warmup": True}}, ("optimizer",)),
 ])
 def test_refused_specs_point_at_the_field(spec, loc):
     with pytest.raises(ValidationError) as info:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -155,6 +158,30 @@ def test_a_time_horizon_belongs_to_the_feature_mlp_and_rides_in_its_config():
     for bad in (0, -3, 2.5, True, "500", 10**7):
         with pytest.raises(ConfigError, match="time_horizon must be"):
             OptimizerConfig(architecture="feature_mlp", time_horizon=bad)
+
+
+def test_warmup_belongs_to_the_feature_mlp_and_rides_in_its_config():
+    cfg = dataclasses.replace(CFG, warmup=True)
+    assert cfg.to_dict()["warmup"] is True and OptimizerConfig.from_dict(cfg.to_dict()) == cfg
+    assert "warmup" not in CFG.to_dict() and "warmup" not in OptimizerConfig().to_dict()
+    with pytest.raises(ConfigError, match="warmup applies to the feature_mlp"):
+        OptimizerConfig(warmup=True)
+    for bad in (1, "yes", 0.5):
+        with pytest.raises(ConfigError, match="warmup must be"):
+            OptimizerConfig(architecture="feature_mlp", warmup=bad)
+
+
+def test_warmup_caps_the_step_size_factor_over_the_first_steps():
+    """Weights whose magnitude output is at its top (e^3.5) and whose direction is Adam's: with warmup the
+    factor at step t is exp(3.5 (1 - 0.9^t)) instead: 1.42 at the first step, within 1% of e^3.5 by the 60th."""
+    weights = {k: torch.zeros_like(v) for k, v in trained_like().items()}
+    weights["head.bias"] = torch.tensor([0.0, 50.0])   # tanh(50) = 1: the largest factor the rule can take
+    g = torch.Generator().manual_seed(3)
+    grads_seq = [torch.randn(20, generator=g) for _ in range(60)]
+    plain, _ = run(weights, grads_seq)
+    warm, _ = run(weights, grads_seq, cfg=dataclasses.replace(CFG, warmup=True))
+    for t, (u, w) in enumerate(zip(plain, warm, strict=True), start=1):
+        torch.testing.assert_close(w, u * math.exp(3.5 * (1 - 0.9**t) - 3.5), rtol=1e-5, atol=0)
 
 
 def test_past_its_time_horizon_the_rule_sees_the_time_it_saw_last():
