@@ -17,7 +17,7 @@ from service.lopt import LSTMState, OptimizerConfig, step
 from service.tasks.base import TaskBatch
 
 # "log_rise" charges each step RISE_PENALTY times the log of its loss over the run's initial loss, where that is
-# above 1. On the mixture's validation draws the shipped feature MLP's first update put the loss above its
+# above 1. On the mixture's validation draws recipe v2's feature MLP's first update put the loss above its
 # initial value on 4 of 8 problems (a step of about 10x Adam's): "log" charges that as one bad step of hundreds.
 RISE_PENALTY = 5.0
 

@@ -29,6 +29,7 @@ function specOf(formEl) {
     const name = el.name;
     if (el.type === "checkbox") continue;
     if (name === "description" && !el.value.trim()) continue;   // optional: left out, not sent empty
+    if (el.tagName === "SELECT" && el.value === "") continue;    // an optional choice left at "default"
     if (el.type === "number") {
       if (el.value.trim() === "") continue;
       const value = Number(el.value);
