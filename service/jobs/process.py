@@ -36,6 +36,8 @@ from service.registry.db import Database
 
 log = logging.getLogger(__name__)
 
+# Added to the server's niceness for the forkserver and every job it forks (forkserver.py says why).
+JOB_NICENESS = 10
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["service.jobs.forkserver"])
 
