@@ -107,12 +107,17 @@ def grid_run(problem_batch: FunctionalBatch, kind: str, lrs: list[float],
 
 def tune(problem: Problem, kind: str, grid: tuple[float, ...], report: list[int], tune_seeds: int) -> dict[int, float]:
     """The grid's best learning rate for each reported step, by mean loss on the tuning seeds."""
-    finals = grid_run(problem.batch(tune_seeds, TUNE_SEED), kind, list(grid), report)
+    return best_lr_per_step(grid_run(problem.batch(tune_seeds, TUNE_SEED), kind, list(grid), report), report, report)
+
+
+def best_lr_per_step(losses: dict[float, torch.Tensor], points: list[int], report: list[int]) -> dict[int, float]:
+    """For each reported step, the learning rate whose runs ((len(points), runs) losses) have the lowest
+    finite mean loss there (the smallest one when none is finite)."""
     best = {}
-    for i, t in enumerate(report):
-        scores = {lr: float(v[i].mean()) for lr, v in finals.items()}
-        finite = {lr: s for lr, s in scores.items() if math.isfinite(s)}
-        best[t] = min(finite, key=finite.get) if finite else grid[0]
+    for t in report:
+        scores = {lr: float(c[points.index(t)].mean()) for lr, c in losses.items()}
+        finite = {lr: v for lr, v in scores.items() if math.isfinite(v)}
+        best[t] = min(finite, key=finite.get) if finite else min(losses)
     return best
 
 

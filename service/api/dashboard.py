@@ -33,7 +33,9 @@ from fastapi.templating import Jinja2Templates
 import service
 from service.api.schemas import MAX_DB_INT, DbId
 from service.jobs.spec import JobSpec
+from service.lopt.config import ARCHITECTURES, PREPROCESS_KINDS
 from service.metatrain import BASELINES
+from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
 from service.tasks import FAMILIES, make_family
 
 HERE = Path(__file__).resolve().parent
@@ -106,10 +108,15 @@ def jobs(request: Request) -> HTMLResponse:
     return shell(request, "jobs.html", page="jobs", title="Jobs", section="jobs")
 
 
+# The new-job form's selects offer what a job spec accepts, from the same constants.
+CHOICES = {"architecture": ARCHITECTURES, "preprocess": PREPROCESS_KINDS, "meta_lr_schedule": META_LR_SCHEDULES,
+           "meta_loss": META_LOSSES}
+
+
 @router.get("/ui/jobs/new")
 def new_job(request: Request) -> HTMLResponse:
     return shell(request, "job_new.html", page="job_new", title="New meta-training job", section="jobs",
-                spec=job_defaults(), baselines=list(BASELINES), family_defaults=family_defaults())
+                spec=job_defaults(), baselines=list(BASELINES), family_defaults=family_defaults(), choices=CHOICES)
 
 
 @router.get("/ui/jobs/{job_id}")

@@ -152,9 +152,12 @@ class MixtureFamily:
         return spec
 
     def sample(self, n_instances: int, seed: int, split: str = "train",
-               device: torch.device | str = "cpu") -> Any:
+               device: torch.device | str = "cpu", instance_seed: int | None = None) -> Any:
+        """`seed`'s problem; its instances' initialisations and minibatches from `instance_seed` when given
+        (the same problem on other instances, as a learning rate is tuned on), else from `seed`."""
         spec = self.describe(seed, split)
-        batch = self._build(spec, n_instances, split_seed(seed, split), split, device)
+        batch = self._build(spec, n_instances, split_seed(seed if instance_seed is None else instance_seed, split),
+                            split, device)
         batch.description = spec
         return batch
 

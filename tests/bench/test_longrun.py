@@ -1,5 +1,6 @@
-"""bench.longrun on one validation problem: every optimizer reported beside both Adams, on the mixture's
-validation split (never the held-out suite), with the ratios computed from the per-problem losses."""
+"""bench.longrun on a few validation problems: every optimizer reported beside both Adams and Adam tuned
+as the held-out suite tunes it, on the mixture's validation split (never the held-out suite), with the
+ratios computed from the per-problem losses."""
 
 from __future__ import annotations
 
@@ -7,21 +8,38 @@ import json
 import math
 from pathlib import Path
 
+import torch
+
 from bench import longrun
+from bench.generalization import ADAM_GRID, record_points, run, torch_optimizer
+from service.tasks.mixture import MixtureFamily
 
 GENERAL = Path(__file__).resolve().parents[2] / "service" / "pretrained" / "general-mlp"
 
 
-def test_a_short_run_reports_each_optimizer_against_the_better_adam(tmp_path):
+def test_a_short_run_reports_each_optimizer_against_both_baselines(tmp_path):
     out = tmp_path / "longrun.json"
     assert longrun.main(["--optimizer", f"general={GENERAL}", "--steps", "20", "--problems", "2",
                          "--instances", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert set(doc["summary"]) == {"adam-0.001", "adam-0.003", "general"}
+    assert set(doc["summary"]) == {"adam-0.001", "adam-0.003", "adam-tuned", "general"}
     assert [r["problem"] for r in doc["problems"]] == [0, 1]
     for name, s in doc["summary"].items():
-        logs = [math.log(r["loss"][name]["20"] / min(r["loss"]["adam-0.001"]["20"], r["loss"]["adam-0.003"]["20"]))
-                for r in doc["problems"]]
-        assert math.isclose(s["geomean_vs_best_adam"]["20"], math.exp(sum(logs) / len(logs)), rel_tol=1e-9)
+        for baseline, key in ((lambda r: min(r["loss"]["adam-0.001"]["20"], r["loss"]["adam-0.003"]["20"]),
+                               "geomean_vs_best_adam"), (lambda r: r["loss"]["adam-tuned"]["20"], "geomean_vs_tuned_adam")):
+            logs = [math.log(r["loss"][name]["20"] / baseline(r)) for r in doc["problems"]]
+            assert math.isclose(s[key]["20"], math.exp(sum(logs) / len(logs)), rel_tol=1e-9)
         assert 0 <= s["divergences"] <= 2
     assert min(doc["summary"][a]["geomean_vs_best_adam"]["20"] for a in ("adam-0.001", "adam-0.003")) >= 1.0
+    assert doc["summary"]["adam-tuned"]["geomean_vs_tuned_adam"]["20"] == 1.0
+
+
+def test_adam_is_tuned_on_other_instances_of_the_same_problem():
+    family = MixtureFamily(max_coords=50_000)
+    scored = family.sample(1, longrun.SEED_BASE + 1, "validation")
+    tuning = family.sample(1, longrun.SEED_BASE + 1, "validation", instance_seed=longrun.TUNE_INSTANCE_SEED + 1)
+    assert tuning.description == scored.description
+    assert not torch.equal(tuning.init_params(), scored.init_params())
+    points = record_points(20)
+    finals = {lr: float(run(tuning, torch_optimizer("adam", [lr]), points)[-1].mean()) for lr in ADAM_GRID}
+    assert longrun.tune_adam(family, 1, 1, [20], points) == {20: min(finals, key=finals.get)}
