@@ -2,6 +2,8 @@
 validation draws (never the held-out suite), for choosing between recipes and seeds.
 
     python -m bench.longrun --optimizer NAME=DIR [...] [--steps 5000] [--problems 16] [--json PATH]
+    python -m bench.longrun ... --only 0 1 2 3 --json a.json   (and --only 4 5 6 7 --json b.json beside it)
+    python -m bench.longrun --merge a.json b.json [--json PATH]
 
 Each problem is a mixture draw from the validation split (seeds 10,000 + k, which meta-training's own
 validation does not use), with 2 instances. Reported per optimizer, beside Adam at 1e-3 and 3e-3 and
@@ -34,23 +36,59 @@ ADAM_LRS = (1e-3, 3e-3)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--optimizer", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--optimizer", action="append", default=[], metavar="NAME=DIR")
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--problems", type=int, default=16)
+    parser.add_argument("--only", type=int, nargs="+", metavar="K",
+                        help="run these of the problems only (one process per core; --merge combines them)")
     parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="report on the problems of earlier runs' JSON (same steps) instead of running")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    began = time.perf_counter()
+    if args.merge:
+        rows = sorted((r for path in args.merge for r in json.loads(path.read_text())["problems"]),
+                      key=lambda r: r["problem"])
+        report = [int(t) for t in rows[0]["loss"]["adam-tuned"]]
+    elif args.optimizer:
+        report = sorted({100, 1000, args.steps} & set(range(1, args.steps + 1)))
+        rows = run_problems(args, report)
+    else:
+        parser.error("give --optimizer NAME=DIR (one or more) or --merge")
+    names = list(rows[0]["loss"])
+    summary = {}
+    for name in names:
+        summary[name] = {
+            "geomean_vs_best_adam": geomean(rows, name, report, lambda r, t: min(
+                r["loss"][f"adam-{lr:g}"][str(t)] for lr in ADAM_LRS)),
+            "geomean_vs_tuned_adam": geomean(rows, name, report, lambda r, t: r["loss"]["adam-tuned"][str(t)]),
+            "divergences": sum(r["diverged"][name] for r in rows)}
+    runs = sum(r["runs"] for r in rows)
+    steps = "".join(f"{'step ' + str(t):>10}" for t in report)
+    print(f"{'':<24}{'vs the better of Adam 1e-3, 3e-3':^{10 * len(report)}}  {'vs tuned Adam':^{10 * len(report)}}")
+    print(f"{'optimizer':<24}{steps}  {steps}{'diverged':>10}")
+    for name, s in summary.items():
+        print(f"{name:<24}" + "".join(f"{s['geomean_vs_best_adam'][str(t)]:>10.3g}" for t in report) + "  "
+              + "".join(f"{s['geomean_vs_tuned_adam'][str(t)]:>10.3g}" for t in report)
+              + f"{s['divergences']:>7}/{runs}")
+    print(f"{len(rows)} validation problems, {time.perf_counter() - began:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"command": "python -m bench.longrun " + " ".join(
+            sys.argv[1:] if argv is None else argv), "summary": summary, "problems": rows}, indent=1) + "\n")
+    return 0
+
+
+def run_problems(args: argparse.Namespace, report: list[int]) -> list[dict]:
     torch.set_num_threads(1)
     learned = {}
     for item in args.optimizer:
         name, _, folder = item.partition("=")
         learned[name] = Checkpoint.load(folder)
     family = MixtureFamily(max_coords=50_000)
-    report = sorted({100, 1000, args.steps} & set(range(1, args.steps + 1)))
     points = sorted(set(record_points(args.steps)) | set(report))
     rows = []
-    began = time.perf_counter()
-    for k in range(args.problems):
+    for k in args.only if args.only is not None else range(args.problems):
         batch = family.sample(args.instances, SEED_BASE + k, "validation")
         # One run per learning rate: the mixture's quadratics are not FunctionalBatches, so no Tiled.
         by_lr = {lr: run(batch, torch_optimizer("adam", [lr]), points) for lr in ADAM_LRS}
@@ -65,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             curves[name] = run(batch, learned_optimizer(ckpt), points)
         initial = curves["adam-0.001"][0]
         row = {"problem": k, "spec": {a: b for a, b in batch.description.items() if a != "data_seed"},
-               "tuned_lr": {str(t): lr for t, lr in tuned.items()}, "loss": {}, "diverged": {}}
+               "runs": args.instances, "tuned_lr": {str(t): lr for t, lr in tuned.items()}, "loss": {},
+               "diverged": {}}
         for name, c in curves.items():
             row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
             row["diverged"][name] = diverged_runs(c, initial)
@@ -73,26 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"problem {k} {row['spec']['kind']}: " + ", ".join(
             f"{n} {row['loss'][n][str(args.steps)]:.3g}{'!' * row['diverged'][n]}" for n in curves),
             file=sys.stderr, flush=True)
-    names = list(rows[0]["loss"])
-    summary = {}
-    for name in names:
-        summary[name] = {
-            "geomean_vs_best_adam": geomean(rows, name, report, lambda r, t: min(
-                r["loss"][f"adam-{lr:g}"][str(t)] for lr in ADAM_LRS)),
-            "geomean_vs_tuned_adam": geomean(rows, name, report, lambda r, t: r["loss"]["adam-tuned"][str(t)]),
-            "divergences": sum(r["diverged"][name] for r in rows)}
-    steps = "".join(f"{'step ' + str(t):>10}" for t in report)
-    print(f"{'':<24}{'vs the better of Adam 1e-3, 3e-3':^{10 * len(report)}}  {'vs tuned Adam':^{10 * len(report)}}")
-    print(f"{'optimizer':<24}{steps}  {steps}{'diverged':>10}")
-    for name, s in summary.items():
-        print(f"{name:<24}" + "".join(f"{s['geomean_vs_best_adam'][str(t)]:>10.3g}" for t in report) + "  "
-              + "".join(f"{s['geomean_vs_tuned_adam'][str(t)]:>10.3g}" for t in report)
-              + f"{s['divergences']:>7}/{args.problems * args.instances}")
-    print(f"{args.problems} validation problems, {time.perf_counter() - began:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps({"command": "python -m bench.longrun " + " ".join(
-            sys.argv[1:] if argv is None else argv), "summary": summary, "problems": rows}, indent=1) + "\n")
-    return 0
+    return rows
 
 
 def tune_adam(family: MixtureFamily, k: int, instances: int, report: list[int], points: list[int]) -> dict[int, float]:

@@ -43,3 +43,14 @@ def test_adam_is_tuned_on_other_instances_of_the_same_problem():
     points = record_points(20)
     finals = {lr: float(run(tuning, torch_optimizer("adam", [lr]), points)[-1].mean()) for lr in ADAM_GRID}
     assert longrun.tune_adam(family, 1, 1, [20], points) == {20: min(finals, key=finals.get)}
+
+
+def test_shards_merge_into_the_report_of_one_run(tmp_path):
+    common = ["--optimizer", f"general={GENERAL}", "--steps", "20", "--problems", "2", "--instances", "1"]
+    whole, a, b, merged = (tmp_path / f"{n}.json" for n in ("whole", "a", "b", "merged"))
+    assert longrun.main([*common, "--json", str(whole)]) == 0
+    assert longrun.main([*common, "--only", "1", "--json", str(b)]) == 0
+    assert longrun.main([*common, "--only", "0", "--json", str(a)]) == 0
+    assert longrun.main(["--merge", str(b), str(a), "--json", str(merged)]) == 0
+    one, two = json.loads(whole.read_text()), json.loads(merged.read_text())
+    assert two["problems"] == one["problems"] and two["summary"] == one["summary"]
