@@ -4,6 +4,7 @@ validation draws (never the held-out suite), for choosing between recipes and se
     python -m bench.longrun --optimizer NAME=DIR [...] [--steps 5000] [--problems 16] [--json PATH]
     python -m bench.longrun ... --only 0 1 2 3 --json a.json   (and --only 4 5 6 7 --json b.json beside it)
     python -m bench.longrun --merge a.json b.json [--json PATH]
+    python -m bench.longrun --optimizer LATER=DIR --reuse a.json b.json ...   (runs only LATER)
 
 Each problem is a mixture draw from the validation split (seeds 10,000 + k, which meta-training's own
 validation does not use), with 2 instances. Reported per optimizer, beside Adam at 1e-3 and 3e-3 and
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=2)
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
                         help="report on the problems of earlier runs' JSON (same steps) instead of running")
+    parser.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="JSON",
+                        help="earlier runs (same steps and instances) whose rows supply every optimizer they hold")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -87,32 +90,52 @@ def run_problems(args: argparse.Namespace, report: list[int]) -> list[dict]:
         learned[name] = Checkpoint.load(folder)
     family = MixtureFamily(max_coords=50_000)
     points = sorted(set(record_points(args.steps)) | set(report))
+    reused = {r["problem"]: r for path in args.reuse for r in json.loads(path.read_text())["problems"]}
     rows = []
     for k in args.only if args.only is not None else range(args.problems):
         batch = family.sample(args.instances, SEED_BASE + k, "validation")
-        # One run per learning rate: the mixture's quadratics are not FunctionalBatches, so no Tiled.
-        by_lr = {lr: run(batch, torch_optimizer("adam", [lr]), points) for lr in ADAM_LRS}
-        tuned = tune_adam(family, k, args.instances, report, points)
-        by_lr.update({lr: run(batch, torch_optimizer("adam", [lr]), points) for lr in set(tuned.values()) - set(by_lr)})
-        curves = {f"adam-{lr:g}": by_lr[lr] for lr in ADAM_LRS}
-        # Tuned Adam's loss at step t is that of its run with the learning rate tuned for t.
-        curves["adam-tuned"] = by_lr[tuned[report[-1]]].clone()
-        for t in report:
-            curves["adam-tuned"][points.index(t)] = by_lr[tuned[t]][points.index(t)]
+        row = reused.get(k)
+        if row is None:
+            row, curves = adam_row(family, k, batch, args.instances, report, points), {}
+        else:
+            if row["runs"] != args.instances or list(row["loss"]["adam-tuned"]) != [str(t) for t in report]:
+                raise SystemExit(f"--reuse: problem {k} was run with other instances or steps")
+            row, curves = json.loads(json.dumps(row)), {}
         for name, ckpt in learned.items():
-            curves[name] = run(batch, learned_optimizer(ckpt), points)
-        initial = curves["adam-0.001"][0]
-        row = {"problem": k, "spec": {a: b for a, b in batch.description.items() if a != "data_seed"},
-               "runs": args.instances, "tuned_lr": {str(t): lr for t, lr in tuned.items()}, "loss": {},
-               "diverged": {}}
-        for name, c in curves.items():
-            row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
-            row["diverged"][name] = diverged_runs(c, initial)
+            if name not in row["loss"]:
+                curves[name] = run(batch, learned_optimizer(ckpt), points)
+        add_curves(row, curves, torch.tensor(row["initial"]), report, points)
         rows.append(row)
         print(f"problem {k} {row['spec']['kind']}: " + ", ".join(
             f"{n} {row['loss'][n][str(args.steps)]:.3g}{'!' * row['diverged'][n]}" for n in curves),
             file=sys.stderr, flush=True)
     return rows
+
+
+def adam_row(family: MixtureFamily, k: int, batch, instances: int, report: list[int], points: list[int]) -> dict:
+    """Problem k's row with Adam at 1e-3 and 3e-3, and Adam tuned on other instances of the problem."""
+    # One run per learning rate: the mixture's quadratics are not FunctionalBatches, so no Tiled.
+    by_lr = {lr: run(batch, torch_optimizer("adam", [lr]), points) for lr in ADAM_LRS}
+    tuned = tune_adam(family, k, instances, report, points)
+    by_lr.update({lr: run(batch, torch_optimizer("adam", [lr]), points) for lr in set(tuned.values()) - set(by_lr)})
+    curves = {f"adam-{lr:g}": by_lr[lr] for lr in ADAM_LRS}
+    # Tuned Adam's loss at step t is that of its run with the learning rate tuned for t.
+    curves["adam-tuned"] = by_lr[tuned[report[-1]]].clone()
+    for t in report:
+        curves["adam-tuned"][points.index(t)] = by_lr[tuned[t]][points.index(t)]
+    initial = curves["adam-0.001"][0]
+    row = {"problem": k, "spec": {a: b for a, b in batch.description.items() if a != "data_seed"},
+           "runs": instances, "initial": initial.tolist(), "tuned_lr": {str(t): lr for t, lr in tuned.items()},
+           "loss": {}, "diverged": {}}
+    add_curves(row, curves, initial, report, points)
+    return row
+
+
+def add_curves(row: dict, curves: dict[str, torch.Tensor], initial: torch.Tensor, report: list[int],
+               points: list[int]) -> None:
+    for name, c in curves.items():
+        row["loss"][name] = {str(t): float(c[points.index(t)].mean()) for t in report}
+        row["diverged"][name] = diverged_runs(c, initial)
 
 
 def tune_adam(family: MixtureFamily, k: int, instances: int, report: list[int], points: list[int]) -> dict[int, float]:

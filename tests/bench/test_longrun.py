@@ -54,3 +54,15 @@ def test_shards_merge_into_the_report_of_one_run(tmp_path):
     assert longrun.main(["--merge", str(b), str(a), "--json", str(merged)]) == 0
     one, two = json.loads(whole.read_text()), json.loads(merged.read_text())
     assert two["problems"] == one["problems"] and two["summary"] == one["summary"]
+
+
+def test_a_reused_run_supplies_its_rows_and_only_new_optimizers_run(tmp_path, monkeypatch):
+    common = ["--steps", "20", "--problems", "2", "--instances", "1"]
+    first, both, later = tmp_path / "first.json", tmp_path / "both.json", tmp_path / "later.json"
+    assert longrun.main(["--optimizer", f"general={GENERAL}", *common, "--json", str(first)]) == 0
+    assert longrun.main(["--optimizer", f"general={GENERAL}", "--optimizer", f"again={GENERAL}", *common,
+                         "--json", str(both)]) == 0
+    monkeypatch.setattr(longrun, "adam_row", lambda *a: (_ for _ in ()).throw(AssertionError("Adam ran again")))
+    assert longrun.main(["--optimizer", f"general={GENERAL}", "--optimizer", f"again={GENERAL}", *common,
+                         "--reuse", str(first), "--json", str(later)]) == 0
+    assert json.loads(later.read_text())["problems"] == json.loads(both.read_text())["problems"]
