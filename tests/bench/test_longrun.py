@@ -65,4 +65,6 @@ def test_a_reused_run_supplies_its_rows_and_only_new_optimizers_run(tmp_path, mo
     monkeypatch.setattr(longrun, "adam_row", lambda *a: (_ for _ in ()).throw(AssertionError("Adam ran again")))
     assert longrun.main(["--optimizer", f"general={GENERAL}", "--optimizer", f"again={GENERAL}", *common,
                          "--reuse", str(first), "--json", str(later)]) == 0
-    assert json.loads(later.read_text())["problems"] == json.loads(both.read_text())["problems"]
+    rows = json.loads(later.read_text())["problems"]
+    assert rows == json.loads(both.read_text())["problems"]
+    assert all(set(r["loss"]) == {"adam-0.001", "adam-0.003", "adam-tuned", "general", "again"} for r in rows)
