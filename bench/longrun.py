@@ -107,7 +107,7 @@ def run_problems(args: argparse.Namespace, report: list[int]) -> list[dict]:
         add_curves(row, curves, torch.tensor(row["initial"]), report, points)
         rows.append(row)
         print(f"problem {k} {row['spec']['kind']}: " + ", ".join(
-            f"{n} {row['loss'][n][str(args.steps)]:.3g}{'!' * row['diverged'][n]}" for n in curves),
+            f"{n} {row['loss'][n][str(args.steps)]:.3g}{'!' * row['diverged'][n]}" for n in row["loss"]),
             file=sys.stderr, flush=True)
     return rows
 
