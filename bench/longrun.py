@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 
-from bench.generalization import ADAM_GRID, best_lr_per_step, diverged_runs, learned_optimizer, record_points, run, torch_optimizer
+from bench.generalization import (
+    ADAM_GRID,
+    best_lr_per_step,
+    diverged_runs,
+    learned_optimizer,
+    record_points,
+    run,
+    torch_optimizer,
+)
 from service.lopt import Checkpoint
 from service.tasks.mixture import MixtureFamily
 

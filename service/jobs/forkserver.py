@@ -18,7 +18,7 @@ import os
 # read from there: importing it would import torch first.
 os.nice(10)
 
-import sklearn.datasets  # noqa: F401  (the digits, for the classifier families)
-import torch._dynamo  # noqa: F401
+import sklearn.datasets  # noqa: E402, F401  (the digits, for the classifier families)
+import torch._dynamo  # noqa: E402, F401
 
-import service.jobs.process  # noqa: F401  (the child's entry point and everything it imports)
+import service.jobs.process  # noqa: E402, F401  (the child's entry point and everything it imports)

@@ -25,8 +25,9 @@ def test_a_short_run_reports_each_optimizer_against_both_baselines(tmp_path):
     assert set(doc["summary"]) == {"adam-0.001", "adam-0.003", "adam-tuned", "general"}
     assert [r["problem"] for r in doc["problems"]] == [0, 1]
     for name, s in doc["summary"].items():
-        for baseline, key in ((lambda r: min(r["loss"]["adam-0.001"]["20"], r["loss"]["adam-0.003"]["20"]),
-                               "geomean_vs_best_adam"), (lambda r: r["loss"]["adam-tuned"]["20"], "geomean_vs_tuned_adam")):
+        baselines = ((lambda r: min(r["loss"]["adam-0.001"]["20"], r["loss"]["adam-0.003"]["20"]),
+                      "geomean_vs_best_adam"), (lambda r: r["loss"]["adam-tuned"]["20"], "geomean_vs_tuned_adam"))
+        for baseline, key in baselines:
             logs = [math.log(r["loss"][name]["20"] / baseline(r)) for r in doc["problems"]]
             assert math.isclose(s[key]["20"], math.exp(sum(logs) / len(logs)), rel_tol=1e-9)
         assert 0 <= s["divergences"] <= 2
