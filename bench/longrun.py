@@ -18,6 +18,7 @@ asks what the held-out suite's targets ask.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -104,11 +105,12 @@ def run_problems(args: argparse.Namespace, report: list[int]) -> list[dict]:
         batch = family.sample(args.instances, SEED_BASE + k, "validation")
         row = reused.get(k)
         if row is None:
-            row, curves = adam_row(family, k, batch, args.instances, report, points), {}
+            row = adam_row(family, k, batch, args.instances, report, points)
+        elif row["runs"] != args.instances or list(row["loss"]["adam-tuned"]) != [str(t) for t in report]:
+            raise SystemExit(f"--reuse: problem {k} was run with other instances or steps")
         else:
-            if row["runs"] != args.instances or list(row["loss"]["adam-tuned"]) != [str(t) for t in report]:
-                raise SystemExit(f"--reuse: problem {k} was run with other instances or steps")
-            row, curves = json.loads(json.dumps(row)), {}
+            row = copy.deepcopy(row)
+        curves = {}
         for name, ckpt in learned.items():
             if name not in row["loss"]:
                 curves[name] = run(batch, learned_optimizer(ckpt), points)
