@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from service.lopt import feature_mlp
 from service.lopt.config import OptimizerConfig
-from service.lopt.kernel import step_inference, step_inference_
+from service.lopt.kernel import feature_mlp_step, step_inference, step_inference_
 from service.lopt.lstm import step_autograd
 from service.lopt.state import LSTMState, init
 
@@ -36,8 +35,7 @@ def step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch
     if grads.shape[0] != state.n_coords:
         raise ValueError(f"grads has {grads.shape[0]} coordinates, state has {state.n_coords}")
     if config.architecture == "feature_mlp":
-        updates, hc = feature_mlp.step(weights, grads, state.hc, config.output_scale, config.num_layers,
-                                       config.time_horizon, bool(config.warmup))
+        updates, hc = feature_mlp_step(config, weights, grads, state.hc)
         if out_state is not None and not torch.is_grad_enabled():   # the buffers' contract, for any architecture
             hc = out_state.copy_(hc)
             updates = updates if out_updates is None else out_updates.copy_(updates)

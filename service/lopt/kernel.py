@@ -24,6 +24,7 @@ moved per coordinate.
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import torch
@@ -37,6 +38,20 @@ from service.lopt.state import LSTMState
 CHUNK = 65536
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 KERNELS = ("auto", "native", "torch")
+
+# GNU OpenMP's thread pool (torch's CPU threads) does not survive a fork: a child forked after its parent ran
+# a parallel region hangs in its own first one (measured with a plain torch op as well as this kernel). A
+# child of a process that has stepped therefore runs on one thread, as torch's DataLoader workers do; a child
+# of one that never stepped (the job processes' forkserver) keeps its threads.
+_stepped = False
+
+
+def _after_fork_in_child() -> None:
+    if _stepped:
+        torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def backend(config: OptimizerConfig, device: torch.device | str = "cpu", kernel: str = "auto") -> str:
@@ -92,9 +107,11 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
     `out_state` must be contiguous with the state's shape, dtype and device; it may be `state.hc`
     itself but must not otherwise overlap it.
     """
+    global _stepped
     hc = _check_state(config, grads, state.hc)
     _check_weights(config, weights)
     n = hc.shape[0]
+    _stepped = _stepped or hc.device.type == "cpu"
     if out_state is None:
         if not state.hc.is_contiguous():
             raise ValueError("an in-place step needs a contiguous state tensor")
@@ -112,13 +129,19 @@ def step_inference_(config: OptimizerConfig, weights: dict[str, torch.Tensor], g
             for start in range(0, n, CHUNK):
                 part = slice(start, start + CHUNK)
                 if config.architecture == "feature_mlp":
-                    u, new = feature_mlp.step(weights, g[part], hc[part], config.output_scale, config.num_layers,
-                                              config.time_horizon, bool(config.warmup))
+                    u, new = feature_mlp_step(config, weights, g[part], hc[part])
                 else:
                     u, new = step_autograd(config, weights, g[part], LSTMState(hc[part]))
                     new = new.hc
                 out_updates[part], out_state[part] = u, new
     return out_updates, LSTMState(out_state)
+
+
+def feature_mlp_step(config: OptimizerConfig, weights: dict[str, torch.Tensor], grads: torch.Tensor,
+                     hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """feature_mlp.step with the config's settings: (updates, new state)."""
+    return feature_mlp.step(weights, grads, hc, config.output_scale, config.num_layers, config.time_horizon,
+                            bool(config.warmup))
 
 
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,9 @@ import logging
 import math
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,7 +286,8 @@ def test_native_calls_from_many_threads_at_once_each_get_their_own_bits():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_native_kernel_works_in_a_forked_child():
-    """A forked child (a worker process) steps with its own threads after the parent has used its own."""
+    """A forked child (a worker process) steps, on one thread, after the parent has used its own: with the
+    parent's OpenMP pool it would hang (see kernel._after_fork_in_child)."""
     config = OptimizerConfig()
     require_native(config)
     weights = make(config)
@@ -293,6 +297,7 @@ def test_native_kernel_works_in_a_forked_child():
     pid = os.fork()
     if pid == 0:   # the child: step, send the updates' bytes, exit without running pytest's teardown
         try:
+            assert torch.get_num_threads() == 1
             data = step_inference(config, weights, grads, state)[0].numpy().tobytes()
             with os.fdopen(write, "wb") as out:
                 out.write(data)
@@ -303,3 +308,17 @@ def test_native_kernel_works_in_a_forked_child():
         data = got.read()
     os.waitpid(pid, 0)
     assert torch.equal(torch.frombuffer(bytearray(data), dtype=torch.float32), u)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_process_that_never_stepped_forks_children_that_keep_their_threads():
+    """The job processes' forkserver imports the kernel but never steps: its children train on every thread."""
+    code = ("import os, torch, service.lopt.kernel\n"
+            "torch.set_num_threads(2)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os._exit(torch.get_num_threads())\n"
+            "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "2"
