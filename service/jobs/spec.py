@@ -78,6 +78,8 @@ class OptimizerSpec(_Strict):
                                 description="the LSTM's output times this, or the feature MLP's base step")
     warmup: bool | None = Field(default=None, description="feature_mlp only: its step-size factor grows over its "
                                                           "first steps (up to 1.4x at the first)")
+    step_memory: bool | None = Field(default=None, description="feature_mlp only: it carries a learned log step "
+                                                               "size per coordinate from step to step")
 
     @field_validator("output_scale")
     @classmethod
@@ -95,8 +97,9 @@ class OptimizerSpec(_Strict):
             self.output_scale = 0.003 if mlp else _OPT.output_scale
         if mlp and (self.preprocess, self.preprocess_p) != (_OPT.preprocess, _OPT.preprocess_p):
             raise ValueError("preprocess and preprocess_p apply to the lstm architecture only")
-        if not mlp and self.warmup is not None:
-            raise ValueError("warmup applies to the feature_mlp architecture only")
+        for name in ("warmup", "step_memory"):
+            if not mlp and getattr(self, name) is not None:
+                raise ValueError(f"{name} applies to the feature_mlp architecture only")
         return self
 
     def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:

@@ -14,7 +14,7 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 # Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
-FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup")
+FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory")
 
 
 class ConfigError(ValueError):
@@ -36,6 +36,8 @@ class OptimizerConfig:
     time_horizon: int | None = None
     # The feature MLP's step-size factor grows over its first steps (lopt/feature_mlp.py); None: off.
     warmup: bool | None = None
+    # The feature MLP carries a learned log step size per coordinate (lopt/feature_mlp.py); None: off.
+    step_memory: bool | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -56,8 +58,9 @@ class OptimizerConfig:
                                               or not isinstance(self.time_horizon, int)
                                               or not 1 <= self.time_horizon <= 1_000_000):
             raise ConfigError(f"time_horizon must be an integer in 1..1000000, got {self.time_horizon!r}")
-        if self.warmup is not None and not isinstance(self.warmup, bool):
-            raise ConfigError(f"warmup must be true, false or absent, got {self.warmup!r}")
+        for name in ("warmup", "step_memory"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true, false or absent, got {getattr(self, name)!r}")
         if not (1 <= int(self.hidden_size) <= 1024):
             raise ConfigError(f"hidden_size must be in 1..1024, got {self.hidden_size}")
         if not (1 <= int(self.num_layers) <= 8):
@@ -72,9 +75,9 @@ class OptimizerConfig:
     @property
     def input_size(self) -> int:
         if self.architecture == "feature_mlp":
-            from service.lopt.feature_mlp import N_FEATURES
+            from service.lopt.feature_mlp import sizes
 
-            return N_FEATURES
+            return sizes(bool(self.step_memory))[1]
         return 2 if self.preprocess == "log_sign" else 1
 
     @property
@@ -82,9 +85,9 @@ class OptimizerConfig:
         """The shape of one coordinate's state: (layers, (h, c), hidden) for the LSTM; (moments,) for the
         feature MLP."""
         if self.architecture == "feature_mlp":
-            from service.lopt.feature_mlp import N_STATE
+            from service.lopt.feature_mlp import sizes
 
-            return (N_STATE,)
+            return (sizes(bool(self.step_memory))[0],)
         return (self.num_layers, 2, self.hidden_size)
 
     @property

@@ -25,6 +25,13 @@ State per coordinate, in this order: m_0.5, m_0.9, m_0.99, sqrt(v), and the bias
 β = 0.5, 0.9, 0.99, 0.999, kept per coordinate (they are the same for all) so that a slice of coordinates
 carries everything its step needs. sqrt(v) rather than v keeps float16 states clear of overflow and
 underflow for gradients up to float16's own range.
+
+With `step_memory`, the rule also carries a log step size s per coordinate, as delta-bar-delta and Rprop
+carry a per-coordinate learning rate, and as Adam's features cannot: every input above is scale-free and
+instantaneous, so no feature tells the rule that a coordinate has taken safe steps for a long time. A
+third output moves it, s ← clip(s + 0.1·tanh(·), ±3), the MLP reads s/3 as an eighth feature, and the
+step-size factor becomes exp(3.5·tanh a + s): up to e^6.5 over the base step. s starts at 0 and, with the
+output layer at zero, stays there, so the rule still starts as Adam. 9 floats per coordinate.
 """
 
 from __future__ import annotations
@@ -37,34 +44,44 @@ BETA1S = (0.5, 0.9, 0.99)
 BETA2 = 0.999
 N_STATE = 8
 N_FEATURES = 7
+N_OUTPUTS = 2
 FEATURE_CLIP = 10.0
 DIRECTION_RANGE = 3.0
 MAGNITUDE_RANGE = 3.5
+MEMORY_RANGE = 3.0
+MEMORY_RATE = 0.1
 # Keeps 1/sqrt(v̂) finite for a coordinate whose gradients have all been exactly zero (its update is then 0).
 TINY = 1e-30
 _BETAS = torch.tensor([*BETA1S, BETA2])
 
 
-def weight_shapes(hidden: int, layers: int) -> dict[str, tuple[int, ...]]:
+def sizes(memory: bool = False) -> tuple[int, int, int]:
+    """(state floats, features, outputs) per coordinate, with or without the step memory."""
+    return N_STATE + memory, N_FEATURES + memory, N_OUTPUTS + memory
+
+
+def weight_shapes(hidden: int, layers: int, memory: bool = False) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
-    fan_in = N_FEATURES
+    _, fan_in, outputs = sizes(memory)
     for layer in range(layers):
         shapes[f"mlp.{layer}.weight"] = (hidden, fan_in)
         shapes[f"mlp.{layer}.bias"] = (hidden,)
         fan_in = hidden
-    shapes["head.weight"] = (2, hidden)
-    shapes["head.bias"] = (2,)
+    shapes["head.weight"] = (outputs, hidden)
+    shapes["head.bias"] = (outputs,)
     return shapes
 
 
-def init_weights(hidden: int, layers: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def init_weights(hidden: int, layers: int, generator: torch.Generator | None = None,
+                 memory: bool = False) -> dict[str, torch.Tensor]:
     """torch's default uniform init for the hidden layers; a zero output layer, so the rule starts as Adam."""
     weights = {}
-    for name, shape in weight_shapes(hidden, layers).items():
+    shapes = weight_shapes(hidden, layers, memory)
+    for name, shape in shapes.items():
         if name.startswith("head."):
             weights[name] = torch.zeros(shape)
             continue
-        fan_in = shape[1] if name.endswith("weight") else weight_shapes(hidden, layers)[name[:-4] + "weight"][1]
+        fan_in = shape[1] if name.endswith("weight") else shapes[name[:-4] + "weight"][1]
         bound = 1.0 / math.sqrt(fan_in)
         weights[name] = torch.empty(shape).uniform_(-bound, bound, generator=generator)
     return weights
@@ -72,7 +89,8 @@ def init_weights(hidden: int, layers: int, generator: torch.Generator | None = N
 
 def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = None,
            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(the MLP's features (N, 7), Adam's direction m̂_0.9·r (N,), the new state (N, 8) in `dtype`).
+    """(the MLP's features (N, 7), or (N, 8) with the step memory, Adam's direction m̂_0.9·r (N,), the new
+    moments and accumulators (N, 8) in `dtype`).
 
     `time_horizon`, the longest run meta-training showed the rule: past that step the time features stay at
     their value there, so a long run meets no time feature it was never trained on. The bias corrections
@@ -90,15 +108,18 @@ def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = 
     elapsed = acc[:, 1:]
     if time_horizon is not None:
         elapsed = torch.minimum(elapsed, 1 - betas[1:] ** time_horizon)
-    features = torch.cat([relative, 2 * elapsed - 1], dim=1)
-    return features, m_hat_r[:, 1], torch.cat([m, v.sqrt().unsqueeze(1), acc], dim=1)
+    parts = [relative, 2 * elapsed - 1]
+    if s.shape[1] > N_STATE:
+        parts.append(s[:, N_STATE:] / MEMORY_RANGE)
+    return torch.cat(parts, dim=1), m_hat_r[:, 1], torch.cat([m, v.sqrt().unsqueeze(1), acc], dim=1)
 
 
 def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
          layers: int, time_horizon: int | None = None, warmup: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(updates (N,), new state (N, 8)) for flat grads (N,); computes in float32 (float64 with float64
-    weights, for gradient checks), returns the state in its dtype. `time_horizon`: see `inputs`; `warmup`:
-    see the module's docstring.
+    """(updates (N,), new state (N, 8), or (N, 9) with the step memory) for flat grads (N,); computes in
+    float32 (float64 with float64 weights, for gradient checks), returns the state in its dtype.
+    `time_horizon`: see `inputs`; `warmup`: see the module's docstring. The state's width says whether the
+    rule carries a step memory (the weights must agree: `weight_shapes`).
 
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
     """
@@ -110,6 +131,12 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
     direction = adam_direction + DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
     magnitude = MAGNITUDE_RANGE * torch.tanh(out[:, 1])
     if warmup:
-        magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5].to(dtype))   # 1 − 0.9^t
+        magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5])   # 1 − 0.9^t
+    if state.shape[1] > N_STATE:
+        # The memory moves by at most MEMORY_RATE a step: it is its own warm-up.
+        memory = (state[:, N_STATE].to(dtype) + MEMORY_RATE * torch.tanh(out[:, 2])).clamp(-MEMORY_RANGE,
+                                                                                          MEMORY_RANGE)
+        magnitude = magnitude + memory
+        new_state = torch.cat([new_state, memory.unsqueeze(1)], dim=1)
     updates = -base_step * torch.exp(magnitude) * direction
     return updates, new_state.to(state.dtype)

@@ -21,7 +21,7 @@ def weight_shapes(config: OptimizerConfig) -> dict[str, tuple[int, ...]]:
     product gives all four gates.
     """
     if config.architecture == "feature_mlp":
-        return feature_mlp.weight_shapes(config.hidden_size, config.num_layers)
+        return feature_mlp.weight_shapes(config.hidden_size, config.num_layers, bool(config.step_memory))
     h = config.hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(config.num_layers):
@@ -48,7 +48,8 @@ class CoordinatewiseLSTM(nn.Module):
         self.config = config
         self.params = nn.ParameterDict()
         if config.architecture == "feature_mlp":
-            for name, w in feature_mlp.init_weights(config.hidden_size, config.num_layers, generator).items():
+            for name, w in feature_mlp.init_weights(config.hidden_size, config.num_layers, generator,
+                                                    bool(config.step_memory)).items():
                 self.params[name.replace(".", "_")] = nn.Parameter(w)
             return
         bound = 1.0 / math.sqrt(config.hidden_size)

@@ -8,6 +8,7 @@ import pytest
 import service.cli.train as train_cli
 from client import Client
 from service.cli import main
+from service.lopt import Checkpoint
 from service.metatrain import ResumeCheckpoint
 from tests.conftest import checkpoint_bytes
 
@@ -31,11 +32,11 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     monkeypatch.setattr(train_cli, "meta_train", meta_train)
 
 
-@pytest.mark.parametrize("architecture", ["lstm", "feature_mlp"])
+@pytest.mark.parametrize("architecture", ["lstm", "feature_mlp", "feature_mlp --warmup --step-memory"])
 def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys,
                                                                            architecture):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    tiny = [*TINY, "--architecture", architecture]
+    tiny = [*TINY, "--architecture", *architecture.split()]
     assert main(["train", *tiny, "--out", str(whole)]) == 0
 
     interrupt_at(monkeypatch, 5)
@@ -54,6 +55,8 @@ def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_p
     assert (split / "weights.safetensors").read_bytes() == (whole / "weights.safetensors").read_bytes()
     assert not (split / "resume.pt").exists() and not (split / "resume.json").exists()
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 3
+    config = Checkpoint.load(split).config
+    assert (config.warmup, config.step_memory) == ((True, True) if "--step-memory" in architecture else (None, None))
 
 
 def test_resume_every_writes_a_checkpoint_at_each_multiple(tmp_path, monkeypatch):

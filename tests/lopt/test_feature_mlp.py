@@ -22,11 +22,13 @@ from service.lopt import (
 from service.lopt.functional import step_autograd
 
 CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, output_scale=0.003)
+MEMORY = dataclasses.replace(CFG, step_memory=True)
+BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY], ids=["plain", "step_memory"])
 
 
-def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32, cfg=CFG) -> dict[str, torch.Tensor]:
     """Weights with a non-zero output layer, as meta-training leaves them."""
-    net = CoordinatewiseLSTM(CFG, generator=torch.Generator().manual_seed(seed))
+    net = CoordinatewiseLSTM(cfg, generator=torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     return {k: (v.detach() + (0.5 * torch.randn(v.shape, generator=g) if k.startswith("head.") else 0)).to(dtype)
             for k, v in net.weights().items()}
@@ -41,12 +43,14 @@ def run(weights, grads_seq, dtype=torch.float32, cfg=CFG):
     return out, state
 
 
-def test_a_fresh_feature_mlp_is_adam_at_its_base_step():
-    net = CoordinatewiseLSTM(CFG, generator=torch.Generator().manual_seed(0))
+@BOTH
+def test_a_fresh_feature_mlp_is_adam_at_its_base_step(cfg):
+    net = CoordinatewiseLSTM(cfg, generator=torch.Generator().manual_seed(0))
     weights = {k: v.detach() for k, v in net.weights().items()}
     g = torch.Generator().manual_seed(1)
     grads_seq = [torch.randn(50, generator=g) * 10 ** (t % 3) for t in range(30)]
-    ours, _ = run(weights, grads_seq)
+    ours, state = run(weights, grads_seq, cfg=cfg)
+    assert state.hc.shape == (50, cfg.state_floats_per_coord) and not state.hc[:, 8:].any()
     param = torch.zeros(50, requires_grad=True)
     adam = torch.optim.Adam([param], lr=CFG.output_scale, eps=0.0)
     theta = torch.zeros(50)
@@ -57,13 +61,14 @@ def test_a_fresh_feature_mlp_is_adam_at_its_base_step():
     assert torch.allclose(theta, param.detach(), rtol=1e-5, atol=1e-8)
 
 
+@BOTH
 @pytest.mark.parametrize("scale", [1e-4, 1e3])
-def test_updates_do_not_depend_on_the_gradients_scale(scale):
-    weights = trained_like()
+def test_updates_do_not_depend_on_the_gradients_scale(scale, cfg):
+    weights = trained_like(cfg=cfg)
     g = torch.Generator().manual_seed(2)
     grads_seq = [torch.randn(40, generator=g) for _ in range(8)]
-    base, _ = run(weights, grads_seq)
-    scaled, _ = run(weights, [x * scale for x in grads_seq])
+    base, _ = run(weights, grads_seq, cfg=cfg)
+    scaled, _ = run(weights, [x * scale for x in grads_seq], cfg=cfg)
     for a, b in zip(base, scaled, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
 
@@ -79,18 +84,19 @@ def test_coordinates_are_independent_and_order_does_not_matter():
     assert torch.allclose(base[-1][perm], permuted[-1], rtol=1e-6, atol=1e-10)
 
 
-def test_gradients_with_respect_to_the_weights_match_finite_differences():
-    weights = {k: v.double().requires_grad_() for k, v in trained_like().items()}
+@BOTH
+def test_gradients_with_respect_to_the_weights_match_finite_differences(cfg):
+    weights = {k: v.double().requires_grad_() for k, v in trained_like(cfg=cfg).items()}
     g = torch.Generator().manual_seed(4)
     grads_seq = [torch.randn(6, generator=g, dtype=torch.float64) for _ in range(3)]
 
     def total(*ws):
         named = dict(zip(weights, ws, strict=True))
-        state = init(CFG, 6, dtype=torch.float64)
+        state = init(cfg, 6, dtype=torch.float64)
         out = torch.zeros((), dtype=torch.float64)
         for x in grads_seq:
-            u, state = feature_mlp.step(named, x, state.hc if hasattr(state, "hc") else state, CFG.output_scale,
-                                        CFG.num_layers)
+            u, state = feature_mlp.step(named, x, state.hc if hasattr(state, "hc") else state, cfg.output_scale,
+                                        cfg.num_layers)
             out = out + (u * torch.arange(1, 7, dtype=torch.float64)).sum()
         return out
 
@@ -108,15 +114,16 @@ def test_the_server_step_and_the_differentiable_step_are_the_same_function():
     assert torch.equal(u1, u2.detach()) and torch.equal(s1.hc, s2.hc.detach())
 
 
+@BOTH
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_half_precision_state_stays_close_and_keeps_its_dtype(dtype):
-    weights = trained_like()
+def test_a_half_precision_state_stays_close_and_keeps_its_dtype(dtype, cfg):
+    weights = trained_like(cfg=cfg)
     g = torch.Generator().manual_seed(6)
     # float16 cannot hold the square of a gradient of 300 (or of 1e-4): the state keeps sqrt(v) instead.
     grads_seq = [torch.randn(64, generator=g) * s for s in (1e-4, 300.0) for _ in range(6)]
-    full, _ = run(weights, grads_seq)
-    half, state = run(weights, grads_seq, dtype=dtype)
-    assert state.hc.dtype == dtype and state.hc.shape == (64, feature_mlp.N_STATE)
+    full, _ = run(weights, grads_seq, cfg=cfg)
+    half, state = run(weights, grads_seq, dtype=dtype, cfg=cfg)
+    assert state.hc.dtype == dtype and state.hc.shape == (64, cfg.state_floats_per_coord)
     for a, b in zip(full, half, strict=True):
         assert torch.isfinite(b).all()
         assert torch.allclose(a, b, rtol=0.05, atol=2e-4)
@@ -260,3 +267,61 @@ def test_the_shipped_lstms_still_make_the_same_updates(name, first_updates, abs_
     assert u[:6].tolist() == pytest.approx(first_updates, rel=1e-5, abs=1e-8)
     assert float(u.abs().sum()) == pytest.approx(abs_updates, rel=1e-5)
     assert float(state.hc.abs().sum()) == pytest.approx(abs_state, rel=1e-5)
+
+
+def test_the_step_memory_is_a_ninth_float_an_eighth_feature_and_a_third_output():
+    assert MEMORY.state_shape(5) == (5, 9) and init(MEMORY, 5).hc.shape == (5, 9) and MEMORY.input_size == 8
+    shapes = {k: tuple(v.shape) for k, v in trained_like(cfg=MEMORY).items()}
+    assert shapes["mlp.0.weight"] == (8, 8) and shapes["head.weight"] == (3, 8) and shapes["head.bias"] == (3,)
+    with pytest.raises(CheckpointError, match="config implies"):
+        Checkpoint(MEMORY, trained_like())
+    with pytest.raises(ValueError, match="state has shape"):
+        step(MEMORY, trained_like(cfg=MEMORY), torch.zeros(5), init(CFG, 5))
+
+
+def test_the_step_memory_multiplies_the_step_by_its_exponential():
+    """With the output layer at zero the memory does not move, and a memory of s makes every update e^s
+    times the rule's with none: the update's log size is the instantaneous factor plus s."""
+    weights = {k: torch.zeros_like(v) if k.startswith("head.") else v for k, v in trained_like(cfg=MEMORY).items()}
+    g = torch.Generator().manual_seed(11)
+    grads, moments = torch.randn(30, generator=g), torch.randn(30, 8, generator=g).abs() * 0.3
+    memory = torch.linspace(-3, 3, 30).unsqueeze(1)
+    with torch.no_grad():
+        u, new = step(MEMORY, weights, grads, LSTMState(torch.cat([moments, memory], dim=1)))
+        u0, _ = step(MEMORY, weights, grads, LSTMState(torch.cat([moments, torch.zeros(30, 1)], dim=1)))
+    assert torch.equal(new.hc[:, 8:], memory)
+    torch.testing.assert_close(u, u0 * memory.squeeze(1).exp(), rtol=1e-5, atol=0)
+
+
+def test_the_step_memory_moves_at_most_its_rate_and_stays_in_range():
+    """Whatever the weights, the memory moves by at most 0.1 a step and stays within ±3; pushed up at full
+    rate it reaches 3 on the 30th step and stays there, pushed down -3."""
+    wild = {k: v * 30 for k, v in trained_like(cfg=MEMORY).items()}
+    g = torch.Generator().manual_seed(12)
+    grads_seq = [torch.randn(100, generator=g) for _ in range(80)]
+    for sign in (1.0, -1.0, None):
+        weights = dict(wild)
+        if sign is not None:   # the third output at tanh(±50) = ±1 whatever the features
+            weights["head.weight"] = wild["head.weight"].clone()
+            weights["head.weight"][2] = 0
+            weights["head.bias"] = torch.tensor([0.0, 0.0, 50.0 * sign])
+        state, before = init(MEMORY, 100), torch.zeros(100)
+        for t, x in enumerate(grads_seq, start=1):
+            with torch.no_grad():
+                _, state = step(MEMORY, weights, x, state)
+            memory = state.hc[:, 8]
+            assert (memory - before).abs().max() <= feature_mlp.MEMORY_RATE + 1e-6
+            assert memory.abs().max() <= feature_mlp.MEMORY_RANGE
+            if sign is not None:
+                torch.testing.assert_close(memory, torch.full((100,), sign * min(0.1 * t, 3.0)), rtol=0, atol=1e-5)
+            before = memory
+
+
+def test_step_memory_belongs_to_the_feature_mlp_and_rides_in_its_config():
+    assert MEMORY.to_dict()["step_memory"] is True and OptimizerConfig.from_dict(MEMORY.to_dict()) == MEMORY
+    assert "step_memory" not in CFG.to_dict() and "step_memory" not in OptimizerConfig().to_dict()
+    with pytest.raises(ConfigError, match="step_memory applies to the feature_mlp"):
+        OptimizerConfig(step_memory=True)
+    for bad in (1, "yes"):
+        with pytest.raises(ConfigError, match="step_memory must be"):
+            OptimizerConfig(architecture="feature_mlp", step_memory=bad)

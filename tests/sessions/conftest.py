@@ -71,16 +71,18 @@ def settings(request, tmp_path):
                     step_max_body_bytes=100_000, **store)
 
 
-@pytest.fixture(params=["lstm", "feature_mlp"])
+@pytest.fixture(params=["lstm", "feature_mlp", "feature_mlp+step_memory"])
 def ckpt_bytes(request):
-    """The session tests run on both architectures: the paper's LSTM, and the feature MLP with a non-zero
-    output layer (a fresh one is exactly Adam, which would hide a mix-up of its weights)."""
+    """The session tests run on both architectures: the paper's LSTM, and the feature MLP, with and without
+    its step memory (a wider state), with a non-zero output layer (a fresh one is exactly Adam, which would
+    hide a mix-up of its weights)."""
     if request.param == "lstm":
         return checkpoint_bytes(seed=3)
     from service.lopt import Checkpoint
 
+    memory = {"step_memory": True} if request.param.endswith("step_memory") else {}
     base = Checkpoint.from_bytes(checkpoint_bytes(seed=3, architecture="feature_mlp", hidden_size=4,
-                                                  output_scale=0.003))
+                                                  output_scale=0.003, **memory))
     g = torch.Generator().manual_seed(3)
     weights = {k: v + 0.3 * torch.randn(v.shape, generator=g) if k.startswith("head.") else v
                for k, v in base.weights.items()}

@@ -58,7 +58,8 @@ def test_a_session_from_create_to_delete(client, headers, ckpt_bytes):
     assert s["step"] == 0 and s["n_coords"] == N and s["shapes"] == SHAPES
     assert s["optimizer"]["reference"] == "opt:1"
     assert s["optimizer"]["digest"] == hashlib.sha256(ckpt_bytes).hexdigest()
-    assert s["state_bytes"] == N * 1 * 2 * 4 * 4
+    # float32: the LSTM (1 layer, 4 units) holds h and c, the feature MLP its moments (8 or 9 floats)
+    assert s["state_bytes"] == N * Checkpoint.from_bytes(ckpt_bytes).config.state_floats_per_coord * 4
     sid = s["id"]
     g = [grads(i) for i in range(3)]
     expected = expected_updates(ckpt_bytes, g)
