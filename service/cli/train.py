@@ -79,6 +79,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="feature_mlp only: its step-size factor grows over its first steps (up to 1.4x at the first)")
     p.add_argument("--step-memory", action="store_true", default=None,
                    help="feature_mlp only: it carries a learned log step size per coordinate from step to step")
+    p.add_argument("--relative-correction", action="store_true", default=None,
+                   help="feature_mlp only: its direction correction shrinks with the gradient's signal-to-noise ratio")
     p.add_argument("--eval-steps", type=int, default=None,
                    help="horizon of the final evaluation (default: --horizon)")
     p.add_argument("--eval-heldout", type=int, default=64, help="held-out instances in the final evaluation")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     settings = MetaTrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MetaTrainSettings)})
     mlp = args.architecture == "feature_mlp"
     lstm_only = {"preprocess": args.preprocess} if args.preprocess is not None else {}
-    mlp_only = {name: True for name in ("warmup", "step_memory") if getattr(args, name)}
+    mlp_only = {name: True for name in ("warmup", "step_memory", "relative_correction") if getattr(args, name)}
     config = OptimizerConfig(
         architecture=args.architecture, hidden_size=args.hidden_size or (32 if mlp else 20),
         num_layers=args.num_layers, output_scale=args.output_scale or (0.003 if mlp else 0.1), **lstm_only, **mlp_only,

@@ -80,6 +80,9 @@ class OptimizerSpec(_Strict):
                                                           "first steps (up to 1.4x at the first)")
     step_memory: bool | None = Field(default=None, description="feature_mlp only: it carries a learned log step "
                                                                "size per coordinate from step to step")
+    relative_correction: bool | None = Field(default=None, description="feature_mlp only: its direction correction "
+                                                                       "shrinks with the gradient's signal-to-noise "
+                                                                       "ratio")
 
     @field_validator("output_scale")
     @classmethod
@@ -97,7 +100,7 @@ class OptimizerSpec(_Strict):
             self.output_scale = 0.003 if mlp else _OPT.output_scale
         if mlp and (self.preprocess, self.preprocess_p) != (_OPT.preprocess, _OPT.preprocess_p):
             raise ValueError("preprocess and preprocess_p apply to the lstm architecture only")
-        for name in ("warmup", "step_memory"):
+        for name in ("warmup", "step_memory", "relative_correction"):
             if not mlp and getattr(self, name) is not None:
                 raise ValueError(f"{name} applies to the feature_mlp architecture only")
         return self

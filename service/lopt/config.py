@@ -14,7 +14,7 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 # Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
-FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory")
+FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory", "relative_correction")
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,8 @@ class OptimizerConfig:
     warmup: bool | None = None
     # The feature MLP carries a learned log step size per coordinate (lopt/feature_mlp.py); None: off.
     step_memory: bool | None = None
+    # The feature MLP's direction correction shrinks with the gradient's signal (lopt/feature_mlp.py); None: off.
+    relative_correction: bool | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -58,7 +60,7 @@ class OptimizerConfig:
                                               or not isinstance(self.time_horizon, int)
                                               or not 1 <= self.time_horizon <= 1_000_000):
             raise ConfigError(f"time_horizon must be an integer in 1..1000000, got {self.time_horizon!r}")
-        for name in ("warmup", "step_memory"):
+        for name in ("warmup", "step_memory", "relative_correction"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true, false or absent, got {getattr(self, name)!r}")
         if not (1 <= int(self.hidden_size) <= 1024):

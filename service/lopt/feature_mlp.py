@@ -32,6 +32,11 @@ instantaneous, so no feature tells the rule that a coordinate has taken safe ste
 third output moves it, s ← clip(s + 0.1·tanh(·), ±3), the MLP reads s/3 as an eighth feature, and the
 step-size factor becomes exp(3.5·tanh a + s): up to e^6.5 over the base step. s starts at 0 and, with the
 output layer at zero, stays there, so the rule still starts as Adam. 9 floats per coordinate.
+
+With `relative_correction`, the direction's correction is scaled by |m̂_0.99|·r, at most 1: the gradient's
+mean over about 100 steps against its root mean square, a signal-to-noise ratio. Near a minimum, where the
+gradient is mostly noise, Adam's own direction shrinks and the correction now shrinks with it; added as it
+was, ±3 whatever the signal, it kept the rule's late steps large (recipe v7's diagnosis in the README).
 """
 
 from __future__ import annotations
@@ -115,20 +120,25 @@ def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = 
 
 
 def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
-         layers: int, time_horizon: int | None = None, warmup: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+         layers: int, time_horizon: int | None = None, warmup: bool = False,
+         relative_correction: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(updates (N,), new state (N, 8), or (N, 9) with the step memory) for flat grads (N,); computes in
     float32 (float64 with float64 weights, for gradient checks), returns the state in its dtype.
-    `time_horizon`: see `inputs`; `warmup`: see the module's docstring. The state's width says whether the
-    rule carries a step memory (the weights must agree: `weight_shapes`).
+    `time_horizon`: see `inputs`; `warmup`, `relative_correction`: see the module's docstring. The state's
+    width says whether the rule carries a step memory (the weights must agree: `weight_shapes`).
 
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
     """
     dtype = torch.promote_types(torch.float32, weights["head.weight"].dtype)
     h, adam_direction, new_state = inputs(grads, state, time_horizon, dtype)
+    signal = h[:, 3].abs().clamp(max=1.0)   # |m̂_0.99|·r, within the features' clip
     for layer in range(layers):
         h = torch.relu(torch.addmm(weights[f"mlp.{layer}.bias"], h, weights[f"mlp.{layer}.weight"].t()))
     out = torch.addmm(weights["head.bias"], h, weights["head.weight"].t())
-    direction = adam_direction + DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
+    correction = DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
+    if relative_correction:
+        correction = correction * signal
+    direction = adam_direction + correction
     magnitude = MAGNITUDE_RANGE * torch.tanh(out[:, 1])
     if warmup:
         magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5])   # 1 − 0.9^t

@@ -23,7 +23,8 @@ from service.lopt.functional import step_autograd
 
 CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, output_scale=0.003)
 MEMORY = dataclasses.replace(CFG, step_memory=True)
-BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY], ids=["plain", "step_memory"])
+RELATIVE = dataclasses.replace(CFG, relative_correction=True)
+BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY, RELATIVE], ids=["plain", "step_memory", "relative_correction"])
 
 
 def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32, cfg=CFG) -> dict[str, torch.Tensor]:
@@ -317,11 +318,31 @@ def test_the_step_memory_moves_at_most_its_rate_and_stays_in_range():
             before = memory
 
 
-def test_step_memory_belongs_to_the_feature_mlp_and_rides_in_its_config():
-    assert MEMORY.to_dict()["step_memory"] is True and OptimizerConfig.from_dict(MEMORY.to_dict()) == MEMORY
-    assert "step_memory" not in CFG.to_dict() and "step_memory" not in OptimizerConfig().to_dict()
-    with pytest.raises(ConfigError, match="step_memory applies to the feature_mlp"):
-        OptimizerConfig(step_memory=True)
+@pytest.mark.parametrize(("name", "cfg"), [("step_memory", MEMORY), ("relative_correction", RELATIVE)])
+def test_its_options_belong_to_the_feature_mlp_and_ride_in_its_config(name, cfg):
+    assert cfg.to_dict()[name] is True and OptimizerConfig.from_dict(cfg.to_dict()) == cfg
+    assert name not in CFG.to_dict() and name not in OptimizerConfig().to_dict()
+    with pytest.raises(ConfigError, match=f"{name} applies to the feature_mlp"):
+        OptimizerConfig(**{name: True})
     for bad in (1, "yes"):
-        with pytest.raises(ConfigError, match="step_memory must be"):
-            OptimizerConfig(architecture="feature_mlp", step_memory=bad)
+        with pytest.raises(ConfigError, match=f"{name} must be"):
+            OptimizerConfig(architecture="feature_mlp", **{name: bad})
+
+
+def test_a_relative_correction_is_scaled_by_the_gradients_signal():
+    """With the direction output at its top (+3) and the step-size output at zero, the update is
+    −η (Adam's direction + 3), or with the relative correction −η (Adam's direction + 3 min(|m̂_0.99|·r, 1))."""
+    weights = {k: torch.zeros_like(v) for k, v in trained_like().items()}
+    weights["head.bias"] = torch.tensor([300.0, 0.0])   # tanh(300 / 3) = 1
+    g = torch.Generator().manual_seed(13)
+    grads = torch.randn(40, generator=g)
+    hc = torch.cat([torch.randn(40, 3, generator=g), torch.rand(40, 1, generator=g) + 0.1,
+                    torch.full((40, 4), 0.5)], dim=1)
+    features, adam, _ = feature_mlp.inputs(grads, hc)
+    signal = features[:, 3].abs().clamp(max=1.0)
+    assert (signal < 1).any() and (signal == 1).any()
+    with torch.no_grad():
+        plain = step(CFG, weights, grads, LSTMState(hc))[0]
+        relative = step(RELATIVE, weights, grads, LSTMState(hc))[0]
+    torch.testing.assert_close(plain, -CFG.output_scale * (adam + 3), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(relative, -CFG.output_scale * (adam + 3 * signal), rtol=1e-5, atol=1e-9)
