@@ -24,7 +24,7 @@ from service.cli.errors import CliError, ExitCode
 from service.cli.options import add_family_options, parse_params
 from service.cli.progress import ProgressBar
 from service.lopt import OptimizerConfig
-from service.lopt.config import ARCHITECTURES
+from service.lopt.config import ARCHITECTURES, FEATURE_MLP_SWITCHES
 from service.metatrain import MetaTrainSettings, ResumeCheckpoint, evaluate, meta_train
 from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
 from service.tasks import make_family
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     settings = MetaTrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MetaTrainSettings)})
     mlp = args.architecture == "feature_mlp"
     lstm_only = {"preprocess": args.preprocess} if args.preprocess is not None else {}
-    mlp_only = {name: True for name in ("warmup", "step_memory", "relative_correction") if getattr(args, name)}
+    mlp_only = {name: True for name in FEATURE_MLP_SWITCHES if getattr(args, name)}
     config = OptimizerConfig(
         architecture=args.architecture, hidden_size=args.hidden_size or (32 if mlp else 20),
         num_layers=args.num_layers, output_scale=args.output_scale or (0.003 if mlp else 0.1), **lstm_only, **mlp_only,

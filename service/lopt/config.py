@@ -15,6 +15,8 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
 FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory", "relative_correction")
+# The feature MLP's on/off options (true, false or absent), as job specs and `l2o train` flags take them too.
+FEATURE_MLP_SWITCHES: tuple[str, ...] = ("warmup", "step_memory", "relative_correction")
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,7 @@ class OptimizerConfig:
                                               or not isinstance(self.time_horizon, int)
                                               or not 1 <= self.time_horizon <= 1_000_000):
             raise ConfigError(f"time_horizon must be an integer in 1..1000000, got {self.time_horizon!r}")
-        for name in ("warmup", "step_memory", "relative_correction"):
+        for name in FEATURE_MLP_SWITCHES:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true, false or absent, got {getattr(self, name)!r}")
         if not (1 <= int(self.hidden_size) <= 1024):

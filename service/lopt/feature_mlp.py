@@ -130,14 +130,14 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
     """
     dtype = torch.promote_types(torch.float32, weights["head.weight"].dtype)
-    h, adam_direction, new_state = inputs(grads, state, time_horizon, dtype)
-    signal = h[:, 3].abs().clamp(max=1.0)   # |m̂_0.99|·r, within the features' clip
+    features, adam_direction, new_state = inputs(grads, state, time_horizon, dtype)
+    h = features
     for layer in range(layers):
         h = torch.relu(torch.addmm(weights[f"mlp.{layer}.bias"], h, weights[f"mlp.{layer}.weight"].t()))
     out = torch.addmm(weights["head.bias"], h, weights["head.weight"].t())
     correction = DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
     if relative_correction:
-        correction = correction * signal
+        correction = correction * features[:, 3].abs().clamp(max=1.0)   # |m̂_0.99|·r, within the features' clip
     direction = adam_direction + correction
     magnitude = MAGNITUDE_RANGE * torch.tanh(out[:, 1])
     if warmup:
