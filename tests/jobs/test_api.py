@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from service.lopt import Checkpoint, init, step
+from service.lopt.config import FEATURE_MLP_SWITCHES
 from tests.jobs.conftest import DIVERGING, events, get_job, tiny_spec, wait_for, wait_for_state
 
 
@@ -191,7 +192,7 @@ def test_the_shipped_general_recipe_runs_as_a_job(client, train_headers, workers
     spec = tiny_spec("general-recipe", family={"name": recipe["family"], "params": recipe["params"]},
                      optimizer={"architecture": shipped.architecture, "hidden_size": shipped.hidden_size,
                                 "num_layers": shipped.num_layers, "output_scale": shipped.output_scale,
-                                "warmup": shipped.warmup},
+                                **{k: getattr(shipped, k) for k in FEATURE_MLP_SWITCHES}},
                      training=training)
     spec["training"] = training
     job = submit(client, train_headers, spec)
@@ -200,9 +201,9 @@ def test_the_shipped_general_recipe_runs_as_a_job(client, train_headers, workers
     assert done["state"] == "succeeded", done["error"]
     data = client.get("/v1/optimizers/general-recipe/versions/1/checkpoint", headers=train_headers).content
     made = Checkpoint.from_bytes(data).config
-    assert (made.architecture, made.hidden_size, made.num_layers, made.output_scale, made.warmup,
-            made.time_horizon) == (shipped.architecture, shipped.hidden_size, shipped.num_layers,
-                                   shipped.output_scale, shipped.warmup, 100)
+    assert (made.architecture, made.hidden_size, made.num_layers, made.output_scale, made.time_horizon) == (
+        shipped.architecture, shipped.hidden_size, shipped.num_layers, shipped.output_scale, 100)
+    assert {k: getattr(made, k) for k in FEATURE_MLP_SWITCHES} == {k: getattr(shipped, k) for k in FEATURE_MLP_SWITCHES}
     assert made.trained_on["family"] == recipe["family"] and made.trained_on["params"] == recipe["params"]
     cut = {"iterations", "max_horizon", "eval_every", "eval_problems", "resume_every", "device"}
     assert {k: v for k, v in made.trained_on["settings"].items() if k not in cut} == {
