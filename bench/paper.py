@@ -185,6 +185,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def default_outputs(load: bool) -> tuple[Path, Path]:
+    """Where a run writes its JSON and plot unless told: a --load run (shipped checkpoints only) never
+    overwrites the full run's files, which the README's table quotes."""
+    stem = Path("bench/results") / ("paper-load" if load else "paper")
+    return stem.with_suffix(".json"), stem.with_suffix(".png")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -194,9 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", default="quadratic,mlp",
                         help="which optimizers to meta-train (three seeds each, the median shown); the others are "
                              "loaded")
-    parser.add_argument("--json", type=Path, default=Path("bench/results/paper.json"))
-    parser.add_argument("--plot", type=Path, default=Path("bench/results/paper.png"))
+    parser.add_argument("--json", type=Path, help="default: bench/results/paper.json (paper-load.json with --load)")
+    parser.add_argument("--plot", type=Path, help="default: bench/results/paper.png (paper-load.png with --load)")
     args = parser.parse_args(argv)
+    json_path, plot_path = default_outputs(args.load)
+    args.json, args.plot = args.json or json_path, args.plot or plot_path
     began = time.perf_counter()
     result = run(args)
     result["seconds"] = time.perf_counter() - began
