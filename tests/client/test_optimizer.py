@@ -172,3 +172,27 @@ def test_bad_state_dicts_are_refused_with_a_reason(l2o: Client, ckpt):
         train(model, other, 1)
     with pytest.raises(ValueError, match="either optimizer= .* or checkpoint="):
         LocalOptimizer(model.parameters())
+
+
+def test_a_float64_model_steps_as_its_float32_twin_and_a_nan_gradient_changes_nothing(local):
+    """LocalOptimizer converts gradients to float32 for the LSTM and updates back to each parameter's dtype;
+    a non-finite gradient is refused by name before anything moves."""
+    single, double = mlp(), mlp().double()
+    train(single, local(single.parameters()), 3)
+    x, y = data()
+    opt = local(double.parameters())
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(double(x.double()), y.double()).backward()
+        opt.step()
+    for p, q in zip(single.parameters(), double.parameters(), strict=True):
+        assert q.dtype == torch.float64
+        torch.testing.assert_close(q.float(), p, rtol=1e-5, atol=1e-6)
+    before = [p.clone() for p in double.parameters()]
+    for p in double.parameters():
+        p.grad = torch.zeros_like(p)
+    double[2].bias.grad[0] = float("nan")
+    with pytest.raises(ValueError, match="'0.3'.*NaN"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(double.parameters(), before, strict=True))
+    assert opt.step_count == 3
