@@ -83,6 +83,8 @@ class OptimizerSpec(_Strict):
     relative_correction: bool | None = Field(default=None, description="feature_mlp only: its direction correction "
                                                                        "shrinks with the gradient's signal-to-noise "
                                                                        "ratio")
+    correction_warmup: bool | None = Field(default=None, description="feature_mlp only: its direction correction "
+                                                                     "grows over its first steps (0.1x at the first)")
 
     @field_validator("output_scale")
     @classmethod

@@ -14,9 +14,10 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 # Fields that only the LSTM reads: a feature_mlp config must leave them at their defaults, and does not show them.
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
-FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory", "relative_correction")
+FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory", "relative_correction",
+                                             "correction_warmup")
 # The feature MLP's on/off options (true, false or absent), as job specs and `l2o train` flags take them too.
-FEATURE_MLP_SWITCHES: tuple[str, ...] = ("warmup", "step_memory", "relative_correction")
+FEATURE_MLP_SWITCHES: tuple[str, ...] = ("warmup", "step_memory", "relative_correction", "correction_warmup")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,8 @@ class OptimizerConfig:
     step_memory: bool | None = None
     # The feature MLP's direction correction shrinks with the gradient's signal (lopt/feature_mlp.py); None: off.
     relative_correction: bool | None = None
+    # The feature MLP's direction correction grows over its first steps (lopt/feature_mlp.py); None: off.
+    correction_warmup: bool | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None

@@ -141,7 +141,8 @@ def feature_mlp_step(config: OptimizerConfig, weights: dict[str, torch.Tensor], 
                      hc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """feature_mlp.step with the config's settings: (updates, new state)."""
     return feature_mlp.step(weights, grads, hc, config.output_scale, config.num_layers, config.time_horizon,
-                            bool(config.warmup), bool(config.relative_correction))
+                            bool(config.warmup), bool(config.relative_correction),
+                            bool(config.correction_warmup))
 
 
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,8 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
     monkeypatch.setattr(train_cli, "meta_train", meta_train)
 
 
-@pytest.mark.parametrize("architecture", ["lstm", "feature_mlp",
-                                          "feature_mlp --warmup --step-memory --relative-correction"])
+@pytest.mark.parametrize("architecture", [
+    "lstm", "feature_mlp", "feature_mlp --warmup --step-memory --relative-correction --correction-warmup"])
 def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys,
                                                                            architecture):
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -57,8 +57,8 @@ def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_p
     assert not (split / "resume.pt").exists() and not (split / "resume.json").exists()
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 3
     config = Checkpoint.load(split).config
-    options = (config.warmup, config.step_memory, config.relative_correction)
-    assert options == ((True,) * 3 if "--step-memory" in architecture else (None,) * 3)
+    options = (config.warmup, config.step_memory, config.relative_correction, config.correction_warmup)
+    assert options == ((True,) * 4 if "--step-memory" in architecture else (None,) * 4)
 
 
 def test_resume_every_writes_a_checkpoint_at_each_multiple(tmp_path, monkeypatch):

@@ -24,7 +24,9 @@ from service.lopt.functional import step_autograd
 CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, output_scale=0.003)
 MEMORY = dataclasses.replace(CFG, step_memory=True)
 RELATIVE = dataclasses.replace(CFG, relative_correction=True)
-BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY, RELATIVE], ids=["plain", "step_memory", "relative_correction"])
+WARM_CORRECTION = dataclasses.replace(CFG, correction_warmup=True)
+BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY, RELATIVE, WARM_CORRECTION],
+                               ids=["plain", "step_memory", "relative_correction", "correction_warmup"])
 
 
 def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32, cfg=CFG) -> dict[str, torch.Tensor]:
@@ -318,7 +320,8 @@ def test_the_step_memory_moves_at_most_its_rate_and_stays_in_range():
             before = memory
 
 
-@pytest.mark.parametrize(("name", "cfg"), [("step_memory", MEMORY), ("relative_correction", RELATIVE)])
+@pytest.mark.parametrize(("name", "cfg"), [("step_memory", MEMORY), ("relative_correction", RELATIVE),
+                                           ("correction_warmup", WARM_CORRECTION)])
 def test_its_options_belong_to_the_feature_mlp_and_ride_in_its_config(name, cfg):
     assert cfg.to_dict()[name] is True and OptimizerConfig.from_dict(cfg.to_dict()) == cfg
     assert name not in CFG.to_dict() and name not in OptimizerConfig().to_dict()
@@ -346,3 +349,21 @@ def test_a_relative_correction_is_scaled_by_the_gradients_signal():
         relative = step(RELATIVE, weights, grads, LSTMState(hc))[0]
     torch.testing.assert_close(plain, -CFG.output_scale * (adam + 3), rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(relative, -CFG.output_scale * (adam + 3 * signal), rtol=1e-5, atol=1e-9)
+
+
+def test_a_correction_warmup_scales_the_correction_by_the_filled_share_of_the_momentum():
+    """With the direction output at its top (+3) and the step-size output at zero, the update at step t is
+    −η (Adam's direction + 3 (1 − 0.9^t)) with the correction's warm-up: 0.3 at the first step."""
+    weights = {k: torch.zeros_like(v) for k, v in trained_like().items()}
+    weights["head.bias"] = torch.tensor([300.0, 0.0])   # tanh(300 / 3) = 1
+    g = torch.Generator().manual_seed(14)
+    grads_seq = [torch.randn(30, generator=g) for _ in range(12)]
+    plain, warm = init(CFG, 30), init(WARM_CORRECTION, 30)
+    for t, grads in enumerate(grads_seq, start=1):
+        _, adam, _ = feature_mlp.inputs(grads, plain.hc)
+        with torch.no_grad():
+            u_plain, plain = step(CFG, weights, grads, plain)
+            u_warm, warm = step(WARM_CORRECTION, weights, grads, warm)
+        torch.testing.assert_close(u_plain, -CFG.output_scale * (adam + 3), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(u_warm, -CFG.output_scale * (adam + 3 * (1 - 0.9 ** t)), rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(warm.hc, plain.hc)

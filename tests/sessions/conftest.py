@@ -74,13 +74,14 @@ def settings(request, tmp_path):
 @pytest.fixture(params=["lstm", "feature_mlp", "feature_mlp+options"])
 def ckpt_bytes(request):
     """The session tests run on both architectures: the paper's LSTM, and the feature MLP, plain and with its
-    options (the step memory, a wider state, and the relative correction), with a non-zero output layer (a
+    options (the step memory, a wider state, the relative correction and its warm-up), with a non-zero output layer (a
     fresh one is exactly Adam, which would hide a mix-up of its weights)."""
     if request.param == "lstm":
         return checkpoint_bytes(seed=3)
     from service.lopt import Checkpoint
 
-    memory = {"step_memory": True, "relative_correction": True} if request.param.endswith("options") else {}
+    memory = ({"step_memory": True, "relative_correction": True, "correction_warmup": True}
+              if request.param.endswith("options") else {})
     base = Checkpoint.from_bytes(checkpoint_bytes(seed=3, architecture="feature_mlp", hidden_size=4,
                                                   output_scale=0.003, **memory))
     g = torch.Generator().manual_seed(3)
