@@ -83,6 +83,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="feature_mlp only: its direction correction shrinks with the gradient's signal-to-noise ratio")
     p.add_argument("--correction-warmup", action="store_true", default=None,
                    help="feature_mlp only: its direction correction grows over its first steps (0.1x at the first)")
+    p.add_argument("--memory-up-only", action="store_true", default=None,
+                   help="feature_mlp with --step-memory only: the memory can raise the step, not lower it")
     p.add_argument("--eval-steps", type=int, default=None,
                    help="horizon of the final evaluation (default: --horizon)")
     p.add_argument("--eval-heldout", type=int, default=64, help="held-out instances in the final evaluation")

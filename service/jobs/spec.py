@@ -85,6 +85,8 @@ class OptimizerSpec(_Strict):
                                                                        "ratio")
     correction_warmup: bool | None = Field(default=None, description="feature_mlp only: its direction correction "
                                                                      "grows over its first steps (0.1x at the first)")
+    memory_up_only: bool | None = Field(default=None, description="feature_mlp with step_memory only: the memory "
+                                                                  "can raise the step, not lower it")
 
     @field_validator("output_scale")
     @classmethod
@@ -105,6 +107,8 @@ class OptimizerSpec(_Strict):
         for name in FEATURE_MLP_SWITCHES:
             if not mlp and getattr(self, name) is not None:
                 raise ValueError(f"{name} applies to the feature_mlp architecture only")
+        if self.memory_up_only and not self.step_memory:
+            raise ValueError("memory_up_only applies to a feature_mlp with step_memory")
         return self
 
     def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:

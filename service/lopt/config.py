@@ -15,9 +15,10 @@ ARCHITECTURES: tuple[str, ...] = ("lstm", "feature_mlp")
 LSTM_ONLY_FIELDS: tuple[str, ...] = ("preprocess", "preprocess_p")
 # Fields that only the feature MLP reads; an LSTM config leaves them unset (None) and does not show them.
 FEATURE_MLP_ONLY_FIELDS: tuple[str, ...] = ("time_horizon", "warmup", "step_memory", "relative_correction",
-                                             "correction_warmup")
+                                             "correction_warmup", "memory_up_only")
 # The feature MLP's on/off options (true, false or absent), as job specs and `l2o train` flags take them too.
-FEATURE_MLP_SWITCHES: tuple[str, ...] = ("warmup", "step_memory", "relative_correction", "correction_warmup")
+FEATURE_MLP_SWITCHES: tuple[str, ...] = ("warmup", "step_memory", "relative_correction", "correction_warmup",
+                                          "memory_up_only")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,8 @@ class OptimizerConfig:
     relative_correction: bool | None = None
     # The feature MLP's direction correction grows over its first steps (lopt/feature_mlp.py); None: off.
     correction_warmup: bool | None = None
+    # The feature MLP's step memory can only raise the step, s in [0, 3] (lopt/feature_mlp.py); None: off.
+    memory_up_only: bool | None = None
     # Provenance: the task family it was meta-trained on and the command that made it.
     trained_on: dict[str, Any] = field(default_factory=dict)
     command: str | None = None
@@ -68,6 +71,8 @@ class OptimizerConfig:
         for name in FEATURE_MLP_SWITCHES:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true, false or absent, got {getattr(self, name)!r}")
+        if self.memory_up_only and not self.step_memory:
+            raise ConfigError("memory_up_only applies to a feature_mlp with step_memory")
         if not (1 <= int(self.hidden_size) <= 1024):
             raise ConfigError(f"hidden_size must be in 1..1024, got {self.hidden_size}")
         if not (1 <= int(self.num_layers) <= 8):

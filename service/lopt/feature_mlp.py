@@ -44,6 +44,11 @@ feature is ±1 whatever the problem (m̂·r = g·r = sign g), so the correction 
 problems; at up to 3 times Adam's direction it put the loss above its initial value at steps 1–3 on 2 of
 16 validation runs (recipe v9 seed 1), and scaled this way on none. On the held-out suite it did not help,
 and the shipped checkpoint runs without it (the README's section on the correction's warm-up).
+
+With `memory_up_only` (with `step_memory`), the memory is held in [0, 3]: it can raise the step, not lower
+it. Recipe v9's memory fell at its full rate in every coordinate to −3 by step 30 on the validation draws,
+a schedule rather than a per-coordinate rate, while late in the run the step-size output sat at its top
+(+3.0 to +3.5) against it: the step ended near the base step whatever the problem.
 """
 
 from __future__ import annotations
@@ -128,11 +133,12 @@ def inputs(grads: torch.Tensor, state: torch.Tensor, time_horizon: int | None = 
 
 def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Tensor, base_step: float,
          layers: int, time_horizon: int | None = None, warmup: bool = False,
-         relative_correction: bool = False, correction_warmup: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+         relative_correction: bool = False, correction_warmup: bool = False,
+         memory_up_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(updates (N,), new state (N, 8), or (N, 9) with the step memory) for flat grads (N,); computes in
     float32 (float64 with float64 weights, for gradient checks), returns the state in its dtype.
-    `time_horizon`: see `inputs`; `warmup`, `relative_correction`, `correction_warmup`: see the module's
-    docstring. The state's width says whether the rule carries a step memory (the weights must agree:
+    `time_horizon`: see `inputs`; `warmup`, `relative_correction`, `correction_warmup`, `memory_up_only`: see
+    the module's docstring. The state's width says whether the rule carries a step memory (the weights must agree:
     `weight_shapes`).
 
     Differentiable with respect to `weights` (meta-training); under no_grad it is the inference step.
@@ -154,8 +160,8 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
         magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5])   # 1 − 0.9^t
     if state.shape[1] > N_STATE:
         # The memory moves by at most MEMORY_RATE a step: it is its own warm-up.
-        memory = (state[:, N_STATE].to(dtype) + MEMORY_RATE * torch.tanh(out[:, 2])).clamp(-MEMORY_RANGE,
-                                                                                          MEMORY_RANGE)
+        memory = (state[:, N_STATE].to(dtype) + MEMORY_RATE * torch.tanh(out[:, 2])).clamp(
+            0.0 if memory_up_only else -MEMORY_RANGE, MEMORY_RANGE)
         magnitude = magnitude + memory
         new_state = torch.cat([new_state, memory.unsqueeze(1)], dim=1)
     updates = -base_step * torch.exp(magnitude) * direction

@@ -142,7 +142,7 @@ def feature_mlp_step(config: OptimizerConfig, weights: dict[str, torch.Tensor], 
     """feature_mlp.step with the config's settings: (updates, new state)."""
     return feature_mlp.step(weights, grads, hc, config.output_scale, config.num_layers, config.time_horizon,
                             bool(config.warmup), bool(config.relative_correction),
-                            bool(config.correction_warmup))
+                            bool(config.correction_warmup), bool(config.memory_up_only))
 
 
 def _check_state(config: OptimizerConfig, grads: torch.Tensor, hc: torch.Tensor) -> torch.Tensor:

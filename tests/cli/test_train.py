@@ -33,7 +33,8 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, iteration: int) -> None:
 
 
 @pytest.mark.parametrize("architecture", [
-    "lstm", "feature_mlp", "feature_mlp --warmup --step-memory --relative-correction --correction-warmup"])
+    "lstm", "feature_mlp",
+    "feature_mlp --warmup --step-memory --relative-correction --correction-warmup --memory-up-only"])
 def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys,
                                                                            architecture):
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -57,8 +58,9 @@ def test_ctrl_c_saves_a_resume_checkpoint_and_resume_finishes_the_same_run(tmp_p
     assert not (split / "resume.pt").exists() and not (split / "resume.json").exists()
     assert main(["train", "--out", str(tmp_path / "nothing"), "--resume"]) == 3
     config = Checkpoint.load(split).config
-    options = (config.warmup, config.step_memory, config.relative_correction, config.correction_warmup)
-    assert options == ((True,) * 4 if "--step-memory" in architecture else (None,) * 4)
+    options = (config.warmup, config.step_memory, config.relative_correction, config.correction_warmup,
+               config.memory_up_only)
+    assert options == ((True,) * 5 if "--step-memory" in architecture else (None,) * 5)
 
 
 def test_resume_every_writes_a_checkpoint_at_each_multiple(tmp_path, monkeypatch):

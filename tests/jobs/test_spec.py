@@ -54,6 +54,7 @@ def test_a_stored_spec_reads_back_the_same():
     ({"name": "p", "optimizer": {"step_memory": True}}, ("optimizer",)),
     ({"name": "p", "optimizer": {"relative_correction": True}}, ("optimizer",)),
     ({"name": "p", "optimizer": {"correction_warmup": True}}, ("optimizer",)),
+    ({"name": "p", "optimizer": {"memory_up_only": True, "architecture": "feature_mlp"}}, ("optimizer",)),
     ({"name": "p", "optimizer": {"correction_warmup": 2, "architecture": "feature_mlp"}},
      ("optimizer", "correction_warmup")),
 ])
@@ -66,8 +67,9 @@ def test_refused_specs_point_at_the_field(spec, loc):
 def test_the_feature_mlps_options_reach_the_checkpoints_config():
     spec = JobSpec.model_validate({"name": "p", "optimizer": {"architecture": "feature_mlp", "step_memory": True,
                                                                "relative_correction": True,
-                                                               "correction_warmup": True}})
+                                                               "correction_warmup": True,
+                                                               "memory_up_only": True}})
     config = spec.optimizer.config(trained_on={})
     assert config.step_memory is True and config.relative_correction is True and config.state_shape(3) == (3, 9)
-    assert config.correction_warmup is True
+    assert config.correction_warmup is True and config.memory_up_only is True
     assert JobSpec.model_validate({"name": "p"}).optimizer.config(trained_on={}).step_memory is None

@@ -25,8 +25,10 @@ CFG = OptimizerConfig(architecture="feature_mlp", hidden_size=8, num_layers=2, o
 MEMORY = dataclasses.replace(CFG, step_memory=True)
 RELATIVE = dataclasses.replace(CFG, relative_correction=True)
 WARM_CORRECTION = dataclasses.replace(CFG, correction_warmup=True)
-BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY, RELATIVE, WARM_CORRECTION],
-                               ids=["plain", "step_memory", "relative_correction", "correction_warmup"])
+MEMORY_UP = dataclasses.replace(MEMORY, memory_up_only=True)
+BOTH = pytest.mark.parametrize("cfg", [CFG, MEMORY, RELATIVE, WARM_CORRECTION, MEMORY_UP],
+                               ids=["plain", "step_memory", "relative_correction", "correction_warmup",
+                                    "memory_up_only"])
 
 
 def trained_like(seed: int = 0, dtype: torch.dtype = torch.float32, cfg=CFG) -> dict[str, torch.Tensor]:
@@ -321,7 +323,7 @@ def test_the_step_memory_moves_at_most_its_rate_and_stays_in_range():
 
 
 @pytest.mark.parametrize(("name", "cfg"), [("step_memory", MEMORY), ("relative_correction", RELATIVE),
-                                           ("correction_warmup", WARM_CORRECTION)])
+                                           ("correction_warmup", WARM_CORRECTION), ("memory_up_only", MEMORY_UP)])
 def test_its_options_belong_to_the_feature_mlp_and_ride_in_its_config(name, cfg):
     assert cfg.to_dict()[name] is True and OptimizerConfig.from_dict(cfg.to_dict()) == cfg
     assert name not in CFG.to_dict() and name not in OptimizerConfig().to_dict()
@@ -367,3 +369,27 @@ def test_a_correction_warmup_scales_the_correction_by_the_filled_share_of_the_mo
         torch.testing.assert_close(u_plain, -CFG.output_scale * (adam + 3), rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(u_warm, -CFG.output_scale * (adam + 3 * (1 - 0.9 ** t)), rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(warm.hc, plain.hc)
+
+
+def test_a_memory_that_only_rises_stays_between_zero_and_its_top():
+    """The memory's output held at ±1: with memory_up_only it rises by 0.1 a step to 3 or stays at 0, where
+    the plain memory falls to −3; it needs the step memory."""
+    weights = {k: torch.zeros_like(v) for k, v in trained_like(cfg=MEMORY).items()}
+    g = torch.Generator().manual_seed(15)
+    grads_seq = [torch.randn(20, generator=g) for _ in range(40)]
+    for sign in (1.0, -1.0):
+        weights["head.bias"] = torch.tensor([0.0, 0.0, 50.0 * sign])   # tanh(±50) = ±1
+        up, plain = init(MEMORY_UP, 20), init(MEMORY, 20)
+        for t, grads in enumerate(grads_seq, start=1):
+            with torch.no_grad():
+                u_up, up = step(MEMORY_UP, weights, grads, up)
+                u_plain, plain = step(MEMORY, weights, grads, plain)
+            want = min(0.1 * t, 3.0) if sign > 0 else 0.0
+            torch.testing.assert_close(up.hc[:, 8], torch.full((20,), want), rtol=0, atol=1e-5)
+            torch.testing.assert_close(plain.hc[:, 8], torch.full((20,), sign * min(0.1 * t, 3.0)), rtol=0, atol=1e-5)
+            if sign > 0:
+                torch.testing.assert_close(u_up, u_plain)
+            else:   # e^0 against e^(−0.1 t): the plain memory's step is smaller by exactly that factor
+                torch.testing.assert_close(u_plain, u_up * math.exp(-min(0.1 * t, 3.0)), rtol=1e-5, atol=1e-12)
+    with pytest.raises(ConfigError, match="memory_up_only applies to a feature_mlp with step_memory"):
+        dataclasses.replace(CFG, memory_up_only=True)

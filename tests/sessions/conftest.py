@@ -80,7 +80,7 @@ def ckpt_bytes(request):
         return checkpoint_bytes(seed=3)
     from service.lopt import Checkpoint
 
-    memory = ({"step_memory": True, "relative_correction": True, "correction_warmup": True}
+    memory = ({"step_memory": True, "relative_correction": True, "correction_warmup": True, "memory_up_only": True}
               if request.param.endswith("options") else {})
     base = Checkpoint.from_bytes(checkpoint_bytes(seed=3, architecture="feature_mlp", hidden_size=4,
                                                   output_scale=0.003, **memory))
