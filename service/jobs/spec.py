@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.errors import InvalidName, ValidationError
 from service.lopt import OptimizerConfig
-from service.lopt.config import ARCHITECTURES, FEATURE_MLP_SWITCHES
+from service.lopt.config import ARCHITECTURES, FEATURE_MLP_SWITCHES, ConfigError
 from service.metatrain import BASELINES, MetaTrainSettings
 from service.metatrain.baselines import LR_GRID
 from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
@@ -107,8 +107,10 @@ class OptimizerSpec(_Strict):
         for name in FEATURE_MLP_SWITCHES:
             if not mlp and getattr(self, name) is not None:
                 raise ValueError(f"{name} applies to the feature_mlp architecture only")
-        if self.memory_up_only and not self.step_memory:
-            raise ValueError("memory_up_only applies to a feature_mlp with step_memory")
+        try:   # every other rule of a config (which options need which) is the config's own
+            self.config(trained_on={})
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
         return self
 
     def config(self, trained_on: dict[str, Any]) -> OptimizerConfig:

@@ -152,12 +152,13 @@ def step(weights: dict[str, torch.Tensor], grads: torch.Tensor, state: torch.Ten
     correction = DIRECTION_RANGE * torch.tanh(out[:, 0] / DIRECTION_RANGE)
     if relative_correction:
         correction = correction * features[:, 3].abs().clamp(max=1.0)   # |m̂_0.99|·r, within the features' clip
+    filled = new_state[:, 5]   # 1 − 0.9^t: the share of the β = 0.9 momentum average that has filled
     if correction_warmup:
-        correction = correction * new_state[:, 5]   # 1 − 0.9^t
+        correction = correction * filled
     direction = adam_direction + correction
     magnitude = MAGNITUDE_RANGE * torch.tanh(out[:, 1])
     if warmup:
-        magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * new_state[:, 5])   # 1 − 0.9^t
+        magnitude = torch.minimum(magnitude, MAGNITUDE_RANGE * filled)
     if state.shape[1] > N_STATE:
         # The memory moves by at most MEMORY_RATE a step: it is its own warm-up.
         memory = (state[:, N_STATE].to(dtype) + MEMORY_RATE * torch.tanh(out[:, 2])).clamp(

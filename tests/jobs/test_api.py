@@ -165,6 +165,8 @@ def test_list_filters_by_state(client, train_headers):
     ({"training": {"meta_lr": 2}}, "body.training.meta_lr", ""),
     ({"optimizer": {"preprocess": "whiten"}}, "body.optimizer.preprocess", ""),
     ({"optimizer": {"output_scale": 0}}, "body.optimizer.output_scale", "output_scale must be non-zero"),
+    ({"optimizer": {"architecture": "feature_mlp", "memory_up_only": True}}, "body.optimizer",
+     "memory_up_only applies to a feature_mlp with step_memory"),
     ({"evaluation": {"baselines": ["adam", "lion"]}}, "body.evaluation.baselines.1", ""),
     ({"evaluation": {"baselines": []}}, "body.evaluation.baselines", ""),
     ({"evaluation": {"lr_grid": [0.1, -1]}}, "body.evaluation.lr_grid", "positive and finite"),
