@@ -8,6 +8,12 @@ the paper's quadratics. On top, random rescaling of the parameters (the model se
 and of the loss, and minibatches of 16 to 128 examples. A learned optimizer meta-trained here has seen
 problems whose best Adam learning rate spans decades, which is what carries it to a user's own model.
 
+`clean`, the share of the teacher problems drawn without noise (no flipped labels, no noise on the targets)
+and from 128 to 1,024 examples, which a network can fit exactly: there the loss keeps falling for thousands
+of steps and a step that shrinks on a schedule falls behind, where on a noisy problem the loss meets a floor
+that a shrinking step lowers. At 0 (the default) no extra draw is made, so every earlier recipe draws the
+same problems.
+
 `max_coords` bounds n_instances × parameters per instance (meta-training memory grows with it): a problem
 drawn larger has its width shrunk until it fits.
 """
@@ -58,8 +64,9 @@ def mlp_forward(p: dict[str, torch.Tensor], x: torch.Tensor, n_layers: int, acti
 
 
 def teacher_data(rng: random.Random, n: int, d_in: int, d_out: int, classify: bool, input_scale: float,
-                 generator: torch.Generator) -> Dataset:
-    """Gaussian inputs labelled by a random one-hidden-layer tanh network (argmax, or values plus noise)."""
+                 generator: torch.Generator, noisy: bool = True) -> Dataset:
+    """Gaussian inputs labelled by a random one-hidden-layer tanh network (argmax, or values); `noisy`: 5% of
+    the labels flipped, or noise on the values."""
     x = torch.randn(n, d_in, generator=generator)
     hidden = rng.choice((8, 16, 32))
     w1 = torch.randn(hidden, d_in, generator=generator) / math.sqrt(d_in)
@@ -67,10 +74,11 @@ def teacher_data(rng: random.Random, n: int, d_in: int, d_out: int, classify: bo
     out = torch.tanh(x @ w1.t() * 2) @ w2.t()
     if classify:
         y = out.argmax(dim=1)
-        flip = torch.rand(n, generator=generator) < 0.05
-        y = torch.where(flip, torch.randint(0, d_out, (n,), generator=generator), y)
+        if noisy:
+            flip = torch.rand(n, generator=generator) < 0.05
+            y = torch.where(flip, torch.randint(0, d_out, (n,), generator=generator), y)
     else:
-        y = out + 0.1 * torch.randn(n, d_out, generator=generator)
+        y = out + 0.1 * torch.randn(n, d_out, generator=generator) if noisy else out
     return Dataset(x * input_scale, y)
 
 
@@ -103,7 +111,7 @@ class MixtureFamily:
     name = "mixture"
 
     def __init__(self, max_coords: int = 200_000, max_width: int = 256, max_depth: int = 4,
-                 rescale: bool = True) -> None:
+                 rescale: bool = True, clean: float = 0.0) -> None:
         if not (1_000 <= int(max_coords) <= 50_000_000):
             raise ValueError(f"max_coords must be in 1000..50000000, got {max_coords}")
         if not (8 <= int(max_width) <= 1024):
@@ -111,11 +119,14 @@ class MixtureFamily:
         if not (1 <= int(max_depth) <= 8):
             raise ValueError(f"max_depth must be in 1..8, got {max_depth}")
         self.max_coords, self.max_width, self.max_depth = int(max_coords), int(max_width), int(max_depth)
-        self.rescale = bool(rescale)
+        if not (0.0 <= float(clean) <= 1.0):
+            raise ValueError(f"clean must be in 0..1, got {clean}")
+        self.rescale, self.clean = bool(rescale), float(clean)
 
     def params(self) -> dict[str, Any]:
-        return {"max_coords": self.max_coords, "max_width": self.max_width, "max_depth": self.max_depth,
-                "rescale": self.rescale}
+        params = {"max_coords": self.max_coords, "max_width": self.max_width, "max_depth": self.max_depth,
+                  "rescale": self.rescale}
+        return params | ({"clean": self.clean} if self.clean else {})
 
     def footprint(self) -> Footprint:
         """The largest problem the mixture can draw: the widest, deepest MLP on the digits (64 inputs, 10
@@ -149,6 +160,8 @@ class MixtureFamily:
         spec["param_scale"] = log_uniform(rng, 0.3, 3.0) if self.rescale else 1.0
         spec["loss_scale"] = log_uniform(rng, 0.1, 10.0) if self.rescale else 1.0
         spec["data_seed"] = rng.randrange(2**31)
+        if self.clean and (kind == "regression" or spec.get("data") == "teacher") and rng.random() < self.clean:
+            spec.update(clean=True, examples=rng.choice((128, 256, 512, 1024)))
         return spec
 
     def sample(self, n_instances: int, seed: int, split: str = "train",
@@ -174,7 +187,8 @@ class MixtureFamily:
         else:
             classify = kind != "regression"
             d_in, d_out = spec["d_in"], spec["d_out"]
-            data = teacher_data(rng, 1024, d_in, d_out, classify, spec["input_scale"], generator)
+            data = teacher_data(rng, spec.get("examples", 1024), d_in, d_out, classify, spec["input_scale"], generator,
+                                noisy=not spec.get("clean", False))
         loss_of = cross_entropy if classify else squared_error
         if kind == "conv":
             c = spec["channels"]

@@ -137,3 +137,40 @@ def test_rescaling_reparametrises_the_parameters_and_scales_the_loss():
     (g,) = torch.autograd.grad(plain.loss(theta, 3).sum(), theta)
     (g_s,) = torch.autograd.grad(scaled.loss(theta_s, 3).sum(), theta_s)
     assert torch.allclose(g_s, g * 4.0 * 0.5, rtol=1e-5, atol=1e-7)
+
+
+def test_clean_teacher_problems_come_without_noise_and_leave_other_draws_alone():
+    """clean=0 draws exactly the problems it drew before; clean=1 makes every teacher problem noise-free and
+    small, with the same inputs and teacher as its noisy twin."""
+    import random
+
+    from service.tasks.mixture import teacher_data
+
+    plain, off, every = (make_family("mixture", max_coords=20_000, **p) for p in ({}, {"clean": 0.0}, {"clean": 1.0}))
+    assert "clean" not in off.params() and every.params()["clean"] == 1.0
+    teacher_kinds = 0
+    for seed in range(40):
+        spec = plain.describe(seed)
+        assert off.describe(seed) == spec
+        drawn = every.describe(seed)
+        if spec["kind"] == "regression" or spec.get("data") == "teacher":
+            teacher_kinds += 1
+            assert drawn["clean"] is True and drawn["examples"] in (128, 256, 512, 1024)
+            assert {k: v for k, v in drawn.items() if k not in ("clean", "examples")} == spec
+            if teacher_kinds <= 3:
+                assert len(every.sample(2, seed).data) == drawn["examples"]
+        else:
+            assert drawn == spec
+    assert teacher_kinds >= 5
+
+    def pair(classify):
+        return [teacher_data(random.Random(7), 512, 8, 3, classify, 1.0, torch.Generator().manual_seed(7), noisy)
+                for noisy in (True, False)]
+    (noisy, clean) = pair(classify=False)
+    assert torch.equal(noisy.x, clean.x)
+    assert 0.07 < (noisy.y - clean.y).std() < 0.13
+    (noisy, clean) = pair(classify=True)
+    assert torch.equal(noisy.x, clean.x)
+    assert 0.005 < (noisy.y != clean.y).float().mean() < 0.08
+    with pytest.raises(ValueError, match="clean"):
+        make_family("mixture", clean=1.5)
