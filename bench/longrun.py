@@ -5,6 +5,7 @@ validation draws (never the held-out suite), for choosing between recipes and se
     python -m bench.longrun ... --only 0 1 2 3 --json a.json   (and --only 4 5 6 7 --json b.json beside it)
     python -m bench.longrun --merge a.json b.json [--json PATH]
     python -m bench.longrun --optimizer LATER=DIR --reuse a.json b.json ...   (runs only LATER)
+    python -m bench.longrun --clean 1 ...   (the same draws, each teacher problem without noise: mixture clean=1)
 
 Each problem is a mixture draw from the validation split (seeds 10,000 + k, which meta-training's own
 validation does not use), with 2 instances. Reported per optimizer, beside Adam at 1e-3 and 3e-3 and
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="report on the problems of earlier runs' JSON (same steps) instead of running")
     parser.add_argument("--reuse", type=Path, nargs="+", default=[], metavar="JSON",
                         help="earlier runs (same steps and instances) whose rows supply every optimizer they hold")
+    parser.add_argument("--clean", type=float, default=0.0, metavar="P",
+                        help="the mixture's clean parameter for the draws (0: the standing validation problems)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -97,13 +100,15 @@ def run_problems(args: argparse.Namespace, report: list[int]) -> list[dict]:
     for item in args.optimizer:
         name, _, folder = item.partition("=")
         learned[name] = Checkpoint.load(folder)
-    family = MixtureFamily(max_coords=50_000)
+    family = MixtureFamily(max_coords=50_000, clean=args.clean)
     points = sorted(set(record_points(args.steps)) | set(report))
     reused = {r["problem"]: r for path in args.reuse for r in json.loads(path.read_text())["problems"]}
     rows = []
     for k in args.only if args.only is not None else range(args.problems):
         batch = family.sample(args.instances, SEED_BASE + k, "validation")
         row = reused.get(k)
+        if row is not None and row["spec"] != problem_spec(batch):
+            row = None   # another draw under the same number (--clean): run its baselines afresh
         if row is None:
             row = adam_row(family, k, batch, args.instances, report, points)
         elif row["runs"] != args.instances or list(row["loss"]["adam-tuned"]) != [str(t) for t in report]:
@@ -134,11 +139,15 @@ def adam_row(family: MixtureFamily, k: int, batch, instances: int, report: list[
     for t in report:
         curves["adam-tuned"][points.index(t)] = by_lr[tuned[t]][points.index(t)]
     initial = curves["adam-0.001"][0]
-    row = {"problem": k, "spec": {a: b for a, b in batch.description.items() if a != "data_seed"},
+    row = {"problem": k, "spec": problem_spec(batch),
            "runs": instances, "initial": initial.tolist(), "tuned_lr": {str(t): lr for t, lr in tuned.items()},
            "loss": {}, "diverged": {}}
     add_curves(row, curves, initial, report, points)
     return row
+
+
+def problem_spec(batch) -> dict:
+    return {a: b for a, b in batch.description.items() if a != "data_seed"}
 
 
 def add_curves(row: dict, curves: dict[str, torch.Tensor], initial: torch.Tensor, report: list[int],

@@ -69,3 +69,20 @@ def test_a_reused_run_supplies_its_rows_and_only_new_optimizers_run(tmp_path, mo
     rows = json.loads(later.read_text())["problems"]
     assert rows == json.loads(both.read_text())["problems"]
     assert all(set(r["loss"]) == {"adam-0.001", "adam-0.003", "adam-tuned", "general", "again"} for r in rows)
+
+
+def test_clean_draws_rerun_the_baselines_of_the_problems_they_change_only(tmp_path, monkeypatch):
+    """Validation problem 0 is a teacher problem (clean under --clean 1), problem 1 is on the digits (the same
+    draw): a reused standing run supplies problem 1's row, and problem 0's baselines run afresh."""
+    common = ["--optimizer", f"general={GENERAL}", "--steps", "20", "--problems", "2", "--instances", "1"]
+    standing, clean = tmp_path / "standing.json", tmp_path / "clean.json"
+    assert longrun.main([*common, "--json", str(standing)]) == 0
+    ran = []
+    real = longrun.adam_row
+    monkeypatch.setattr(longrun, "adam_row", lambda family, k, *a: ran.append(k) or real(family, k, *a))
+    assert longrun.main([*common, "--clean", "1", "--reuse", str(standing), "--json", str(clean)]) == 0
+    assert ran == [0]
+    before, after = (json.loads(p.read_text())["problems"] for p in (standing, clean))
+    assert after[0]["spec"]["clean"] is True and "clean" not in before[0]["spec"]
+    assert after[0]["loss"]["adam-tuned"] != before[0]["loss"]["adam-tuned"]
+    assert after[1] == before[1]
