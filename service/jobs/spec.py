@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.errors import InvalidName, ValidationError
 from service.lopt import OptimizerConfig
-from service.lopt.config import ARCHITECTURES, FEATURE_MLP_SWITCHES, ConfigError
+from service.lopt.config import ARCHITECTURES, ConfigError
 from service.metatrain import BASELINES, MetaTrainSettings
 from service.metatrain.baselines import LR_GRID
 from service.metatrain.settings import META_LOSSES, META_LR_SCHEDULES
@@ -102,12 +102,7 @@ class OptimizerSpec(_Strict):
             self.hidden_size = 32 if mlp else _OPT.hidden_size
         if self.output_scale is None:
             self.output_scale = 0.003 if mlp else _OPT.output_scale
-        if mlp and (self.preprocess, self.preprocess_p) != (_OPT.preprocess, _OPT.preprocess_p):
-            raise ValueError("preprocess and preprocess_p apply to the lstm architecture only")
-        for name in FEATURE_MLP_SWITCHES:
-            if not mlp and getattr(self, name) is not None:
-                raise ValueError(f"{name} applies to the feature_mlp architecture only")
-        try:   # every other rule of a config (which options need which) is the config's own
+        try:   # which fields apply to which architecture, and which options need which: the config's own rules
             self.config(trained_on={})
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
