@@ -47,6 +47,8 @@ def _events(job_id: str, timeout: float | None) -> RequestOptions:
                           headers={"Accept": "text/event-stream"})
 
 
+# Events with no data are skipped, as the SSE spec says: httpx-sse 0.4 makes one of each keep-alive comment
+# that follows an event with an id.
 def _event(sse: ServerSentEvent) -> JobEvent:
     try:
         return JobEvent(sse.event, Job.from_json(sse.json()))
@@ -109,7 +111,7 @@ class Jobs(SyncResource):
         for the next line (the server sends a keep-alive every 15 s)."""
         response = self._client.send(_events(job_id, timeout))
         try:
-            yield from map(_event, EventSource(response).iter_sse())
+            yield from (_event(sse) for sse in EventSource(response).iter_sse() if sse.data)
         except SSEError as exc:
             raise APIResponseError(f"the job event stream could not be read: {exc}", request=response.request) from exc
         except httpx.TransportError as exc:
@@ -159,7 +161,8 @@ class AsyncJobs(AsyncResource):
         response = await self._client.send(_events(job_id, timeout))
         try:
             async for sse in EventSource(response).aiter_sse():
-                yield _event(sse)
+                if sse.data:
+                    yield _event(sse)
         except SSEError as exc:
             raise APIResponseError(f"the job event stream could not be read: {exc}", request=response.request) from exc
         except httpx.TransportError as exc:

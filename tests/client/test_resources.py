@@ -242,7 +242,9 @@ def test_jobs_cancel_and_errors(l2o: Client, make_client):
 
 def test_job_events_skip_keep_alives_and_a_stream_of_another_type_is_a_response_error(tmp_path):
     job = {"id": "j1", "name": "n", "state": "succeeded", "progress": {"iteration": 1, "total_iterations": 1}}
-    stream = (": keep-alive\n\nevent: progress\ndata: " + json.dumps(job)[:20] + "\ndata: " + json.dumps(job)[20:]
+    # The server sends an id with each event; a keep-alive after one must not read as an event of its own.
+    stream = (": keep-alive\n\nevent: progress\nid: 1\ndata: " + json.dumps(job)[:20]
+              + "\ndata: " + json.dumps(job)[20:]
               + "\n\n: keep-alive\n\nevent: end\ndata: " + json.dumps(job) + "\n\n").encode()
 
     def answer(content_type: str) -> httpx.MockTransport:
