@@ -49,6 +49,7 @@ SETTING_HELP = {
                   "log_rise (log, and a penalty on a loss above the run's initial one)"),
     "max_horizon": "draw each iteration's horizon log-uniformly from --horizon to this (default: always --horizon)",
     "eval_problems": "validation problems (a mixture draws several)",
+    "eval_seed": "draw the validation problems from this seed (default: --seed), the same for every seed of a recipe",
 }
 
 
@@ -62,7 +63,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     add_family_options(p, required=False)
     defaults = MetaTrainSettings()
     choices = {"meta_lr_schedule": META_LR_SCHEDULES, "meta_loss": META_LOSSES}
-    types = {"max_horizon": int}
+    types = {"max_horizon": int, "eval_seed": int}
     for f in dataclasses.fields(MetaTrainSettings):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=types.get(f.name) or type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name), choices=choices.get(f.name),

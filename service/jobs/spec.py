@@ -136,6 +136,8 @@ class TrainingSpec(_Strict):
     max_horizon: int | None = Field(default=None, ge=1, le=100_000,
                                     description="when set, each iteration's horizon is drawn from horizon..max_horizon")
     eval_problems: int = Field(default=_TRAIN.eval_problems, ge=1, le=64, description="validation problems")
+    eval_seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                                  description="seed of the validation draws; default: the training seed")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
@@ -218,8 +220,9 @@ class JobSpec(_Strict):
     def optimizer_config(self) -> OptimizerConfig:
         """The config the published checkpoint carries, with what it was trained on as provenance."""
         # Where it ran (the device) is not part of what was trained, so it is left out.
+        unset = {"eval_seed"} if self.training.eval_seed is None else set()  # as MetaTrainSettings.to_dict
         return self.optimizer.config({"family": self.family.name, "params": self.family.params,
-                                      "settings": self.training.model_dump()})
+                                      "settings": self.training.model_dump(exclude=unset)})
 
 
 class EvaluationRequest(_Strict):

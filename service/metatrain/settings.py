@@ -35,6 +35,9 @@ class MetaTrainSettings:
     # unroll): short runs keep early progress in view, long ones teach the optimizer to stay stable.
     max_horizon: int | None = None
     eval_problems: int = 1  # validation problems (a mixture's validation draws several)
+    # Validation draws come from this seed instead of the run's, so that every seed of one recipe picks its
+    # checkpoint on the same problems (recipe v9's six seeds each chose on their own draws).
+    eval_seed: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -54,6 +57,7 @@ class MetaTrainSettings:
             (self.max_horizon is None or self.horizon <= self.max_horizon <= 100_000,
              "max_horizon must be in horizon..100000"),
             (1 <= self.eval_problems <= 64, "eval_problems must be in 1..64"),
+            (self.eval_seed is None or 0 <= self.eval_seed < 2**31, "eval_seed must be in 0..2147483647"),
         ]
         for ok, message in checks:
             if not ok:
@@ -75,8 +79,16 @@ class MetaTrainSettings:
         return max(self.unroll, int(drawn) // self.unroll * self.unroll)
 
     @property
+    def validation_seed(self) -> int:
+        return self.seed if self.eval_seed is None else self.eval_seed
+
+    @property
     def eval_horizon(self) -> int:
         return self.max_horizon or self.horizon
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting; eval_seed only when set, so that runs without it record what they did before it."""
+        out = asdict(self)
+        if out["eval_seed"] is None:
+            del out["eval_seed"]
+        return out

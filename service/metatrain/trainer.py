@@ -54,13 +54,14 @@ def _validation_loss(config: OptimizerConfig, weights: dict[str, torch.Tensor], 
     """The mean final loss on validation instances; with several problems or the log meta-loss, the mean
     over problems of log(final loss / initial loss), so that every problem counts alike."""
     if settings.eval_problems == 1 and settings.meta_loss == "sum":
-        batch = family.sample(settings.eval_instances, settings.seed, "validation", device=settings.device)
+        batch = family.sample(settings.eval_instances, settings.validation_seed, "validation", device=settings.device)
         curve = lstm_curve(config, weights, batch, settings.horizon, final_only=True)
         value = float(curve[-1].mean())
         return value if math.isfinite(value) else math.inf
     total = 0.0
     for k in range(settings.eval_problems):
-        batch = family.sample(settings.eval_instances, settings.seed * 1_009 + k, "validation", device=settings.device)
+        batch = family.sample(settings.eval_instances, settings.validation_seed * 1_009 + k,
+                              "validation", device=settings.device)
         with torch.no_grad():
             start = batch.eval_loss(batch.init_params()).clamp_min(1e-30)
         final = lstm_curve(config, weights, batch, settings.eval_horizon, final_only=True)[-1]

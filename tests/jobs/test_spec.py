@@ -31,8 +31,11 @@ def test_the_checkpoint_config_records_what_it_was_trained_on():
     config = spec.optimizer_config()
     assert config.trained_on["family"] == "mlp"
     assert config.trained_on["params"] == {"hidden_sizes": [8], "activation": "sigmoid", "batch_size": 128}
-    trained = {f.name for f in dataclasses.fields(MetaTrainSettings)} - {"device"}
+    # eval_seed only when set: a run without it records the settings runs recorded before it existed
+    trained = {f.name for f in dataclasses.fields(MetaTrainSettings)} - {"device", "eval_seed"}
     assert set(config.trained_on["settings"]) == trained and config.trained_on["settings"]["iterations"] == 7
+    seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"eval_seed": 3})})
+    assert seeded.optimizer_config().trained_on["settings"]["eval_seed"] == 3
 
 
 def test_a_stored_spec_reads_back_the_same():

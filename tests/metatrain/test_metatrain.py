@@ -206,3 +206,28 @@ def test_log_rise_charges_only_the_steps_above_the_initial_loss(output_scale, ri
     assert (sum(penalty) > 0.1) == rises
     for k in (0, 1):
         assert losses["log_rise"][k] == pytest.approx(losses["log"][k] + penalty[k], rel=1e-5, abs=1e-6)
+
+
+def test_an_eval_seed_gives_every_run_seed_the_same_validation_problems():
+    from service.metatrain.trainer import _validation_loss
+
+    family = make_family("mixture", max_coords=2_000)
+    weights = CoordinatewiseLSTM(MLP_CONFIG, generator=torch.Generator().manual_seed(0)).weights()
+    small = {**MIXTURE, "max_horizon": 10}
+
+    def loss(**over):
+        return _validation_loss(MLP_CONFIG, weights, family, MetaTrainSettings(**{**small, **over}))
+
+    assert loss(seed=0, eval_seed=7) == loss(seed=1, eval_seed=7) == loss(seed=7)
+    assert loss(seed=0) != loss(seed=1)
+    assert MetaTrainSettings(**small).validation_seed == 0
+    with pytest.raises(ValueError, match="eval_seed"):
+        MetaTrainSettings(eval_seed=-1)
+
+
+def test_the_eval_seed_changes_which_weights_are_kept_never_the_training():
+    family = make_family("mixture", max_coords=5_000)
+    a = meta_train(family, MLP_CONFIG, MetaTrainSettings(**MIXTURE))
+    b = meta_train(family, MLP_CONFIG, MetaTrainSettings(**MIXTURE, eval_seed=100))
+    assert [h["meta_loss"] for h in a.history] == [h["meta_loss"] for h in b.history]
+    assert [h.get("eval_loss") for h in a.history] != [h.get("eval_loss") for h in b.history]
