@@ -220,6 +220,7 @@ def remote_client(bench: Bench) -> Client:
     if "client" not in bench.shared:
         workdir = Path(bench.stack.enter_context(tempfile.TemporaryDirectory(prefix="l2o-bench-step-")))
         server = bench.stack.enter_context(Server(workdir, env=server_env(bench)))
+        bench.shared["server"] = server
         bench.shared["server_ready_s"] = server.ready_s
         bench.shared["client"] = bench.stack.enter_context(Client(server.url, api_key=server.admin_key,
                                                                   timeout=600))
@@ -352,14 +353,19 @@ def _training_row(bench: Bench, n: int, checkpoint: bytes, local: Any, remote: A
     def kernel_step() -> None:
         kernel.step_inference_(bench.config, bench.weights, grads, LSTMState(hc))
 
+    faults: list[int] = []
+
     def iteration(name: str) -> tuple[float, float]:
         model, opt = models[name], opts[name]
+        faulted = server_page_faults(bench) if name == "remote" else None
         began = time.perf_counter()
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         stepped = time.perf_counter()
         opt.step()
         done = time.perf_counter()
+        if faulted is not None:
+            faults.append(server_page_faults(bench) - faulted)
         return done - began, done - stepped
 
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in (*models, "kernel")}
@@ -383,7 +389,18 @@ def _training_row(bench: Bench, n: int, checkpoint: bytes, local: Any, remote: A
     row["local_over_kernel"] = row["local_step_ns"] / row["kernel_step_ns"]
     if "remote" in models:
         row["local_over_remote"] = row["local_step_ns"] / row["remote_step_ns"]
+        # Fresh pages the server touched per step: buffers the allocator handed back to the OS and took again.
+        row["remote_server_faults"] = statistics.median(faults[-bench.repeats:]) if faults else None
     return row
+
+
+def server_page_faults(bench: Bench) -> int | None:
+    """The bench's `l2o serve` process's minor page faults so far (Linux), else None."""
+    try:
+        with open(f"/proc/{bench.shared['server'].proc.pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, KeyError):
+        return None
 
 
 def _hidden_for(n: int) -> int:
@@ -540,7 +557,9 @@ def table(result: dict[str, Any]) -> str:
             + f"; opt.step() ns/param: Local {row['local_step_ns']:.0f}, kernel {row['kernel_step_ns']:.0f} "
             f"(Local/kernel {row['local_over_kernel']:.2f}x)"
             + (f", Remote {row['remote_step_ns']:.0f} (Local/Remote {row['local_over_remote']:.2f}x)"
-               if "remote_step_ns" in row else ""))
+               if "remote_step_ns" in row else "")
+            + (f"; server page faults per remote step {row['remote_server_faults']:.0f}"
+               if row.get("remote_server_faults") is not None else ""))
     lim, env = result["limit"], result["environment"]
     where = env.get("device", "cpu") if env.get("device", "cpu") != "cpu" else f"{env['threads']} threads"
     lines.append(f"ns per coordinate, medians; limit from {lim['matmul_gflops']:.1f} GFLOP/s and "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 from client._base import RequestOptions  # noqa: E402
+from client._body import AnswerBuffer  # noqa: E402
 from client._client import AsyncClient, Client  # noqa: E402
 from client._exceptions import *  # noqa: E402,F403
 from client._exceptions import __all__ as _errors  # noqa: E402
@@ -49,7 +50,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Alias", "AsyncClient", "CheckpointFile", "Client", "Job", "JobCurve", "JobEvent", "JobProgress", "JobResult",
-    "LocalOptimizer", "Optimizer", "PinnedVersion", "RemoteOptimizer", "RequestOptions", "Session", "SessionState",
-    "StepResult", "Version", *_errors,
+    "Alias", "AnswerBuffer", "AsyncClient", "CheckpointFile", "Client", "Job", "JobCurve", "JobEvent", "JobProgress",
+    "JobResult", "LocalOptimizer", "Optimizer", "PinnedVersion", "RemoteOptimizer", "RequestOptions", "Session",
+    "SessionState", "StepResult", "Version", *_errors,
 ]

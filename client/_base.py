@@ -22,6 +22,7 @@ import platformdirs
 
 import client
 from client import _constants as c
+from client._body import AnswerBuffer, Pieces
 from client._exceptions import (
     APIConnectionError,
     APIError,
@@ -47,13 +48,14 @@ class RequestOptions:
     path: str
     params: Mapping[str, Any] | None = None
     json: Any = None
-    content: bytes | None = None
+    content: bytes | Pieces | None = None
     headers: Mapping[str, str] | None = None
     # None: by method. A step says True: its step number makes a repeat harmless.
     idempotent: bool | None = None
     timeout: httpx.Timeout | None = None
     stream: bool = False
     session_id: str | None = None  # the session the call is about, to tell a lost session from a wrong id
+    into: AnswerBuffer | None = None  # a success's body is read into this (the response is left empty)
 
     @property
     def safe_to_repeat(self) -> bool:
@@ -140,12 +142,19 @@ class BaseClient:
 
     # --- requests ------------------------------------------------------------------------------------------
 
-    def request_args(self, options: RequestOptions) -> dict[str, Any]:
-        """Arguments for httpx's build_request: rebuilt on every attempt, so a retry sends the same bytes."""
-        return {"method": options.method, "url": self.base_url + options.path, "params": options.params,
-                "json": options.json, "content": options.content,
-                "headers": {**self.headers, **(options.headers or {})},
-                "timeout": options.timeout or self.timeout}
+    def build_request(self, http: httpx.Client | httpx.AsyncClient, options: RequestOptions) -> httpx.Request:
+        """The request, built anew for every attempt, so a retry sends the same bytes."""
+        content: Any = options.content
+        headers = {**self.headers, **(options.headers or {})}
+        if isinstance(content, Pieces):
+            headers["Content-Length"] = str(content.size)  # (httpx sends an iterable chunked without one)
+            content = content if isinstance(http, httpx.Client) else content.aiter()
+        return http.build_request(options.method, self.base_url + options.path, params=options.params,
+                                  json=options.json, content=content, headers=headers,
+                                  timeout=options.timeout or self.timeout)
+
+    def streams(self, options: RequestOptions) -> bool:
+        return options.stream or options.into is not None
 
     # --- retries ------------------------------------------------------------------------------------------------
 

@@ -44,9 +44,11 @@ class Client(BaseClient):
         """Send with retries; the response of a success (unread when streaming), else the error raised."""
         attempt = 0
         while True:
-            request = self._http.build_request(**self.request_args(options))
+            request = self.build_request(self._http, options)
             try:
-                response = self._http.send(request, stream=options.stream)
+                response = self._http.send(request, stream=self.streams(options))
+                if options.into is not None and response.is_success:
+                    options.into.read(response)  # inside the try: an answer cut off midway is retried
             except httpx.TransportError as exc:
                 if not self.should_retry(options, attempt, error=exc):
                     raise self.connection_error(exc, request) from exc
@@ -98,9 +100,11 @@ class AsyncClient(BaseClient):
     async def send(self, options: RequestOptions) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request(**self.request_args(options))
+            request = self.build_request(self._http, options)
             try:
-                response = await self._http.send(request, stream=options.stream)
+                response = await self._http.send(request, stream=self.streams(options))
+                if options.into is not None and response.is_success:
+                    await options.into.aread(response)
             except httpx.TransportError as exc:
                 if not self.should_retry(options, attempt, error=exc):
                     raise self.connection_error(exc, request) from exc

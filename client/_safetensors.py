@@ -1,6 +1,7 @@
 """The one safetensors codec, shared by the SDK (numpy) and the server (torch views over the same layout).
 
     dumps({"fc.weight": array, ...}, {"step": "3"}) -> bytes      deterministic: equal input, equal bytes
+    encode(...) -> [header, view, ...]                             dumps' bytes as pieces, not joined
     loads(body) -> (metadata, {"fc.weight": array, ...})           arrays are views of `body`, not copies
     read(body) -> Layout                                           the header, checked against the body
 
@@ -80,15 +81,27 @@ def write(entries: Mapping[str, Entry], metadata: Mapping[str, str] | None = Non
           aligned: bool = False) -> bytes:
     """Tensors' data in the order given, or `aligned`: widest dtype first, then by name (the package's
     layout, which keeps every tensor aligned to its own size). Each buffer is copied once, into place."""
+    return b"".join(pieces(entries, metadata, aligned=aligned))
+
+
+def pieces(entries: Mapping[str, Entry], metadata: Mapping[str, str] | None = None, *,
+           aligned: bool = False) -> list[bytes | memoryview]:
+    """What `write` joins: the header, then a view of each tensor's data, to be sent without a copy."""
     order = sorted(entries, key=lambda n: (-ITEMSIZE[entries[n][0]], n)) if aligned else list(entries)
     head = header({name: entries[name][:2] for name in order}, metadata)
-    return b"".join([head, *(memoryview(entries[name][2]).cast("B") for name in order)])
+    return [head, *(memoryview(entries[name][2]).cast("B") for name in order)]
 
 
 def dumps(arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None, *,
           bfloat16: Iterable[str] = ()) -> bytes:
     """numpy arrays (or anything np.asarray takes), in the order given. `bfloat16` names arrays to store as
     BF16 (numpy has no such dtype): their values are rounded."""
+    return b"".join(encode(arrays, metadata, bfloat16=bfloat16))
+
+
+def encode(arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None, *,
+           bfloat16: Iterable[str] = ()) -> list[bytes | memoryview]:
+    """`dumps` as its pieces (views of the arrays' data where they are little-endian and contiguous)."""
     as_bf16 = set(bfloat16)
     entries: dict[str, Entry] = {}
     for name, value in arrays.items():
@@ -97,7 +110,7 @@ def dumps(arrays: Mapping[str, Any], metadata: Mapping[str, str] | None = None, 
         if code is None:
             raise TypeError(f"cannot send {name!r} of dtype {a.dtype}: use float16, float32 or float64")
         entries[name] = (code, a.shape, a.reshape(-1).view(np.uint8))
-    return write(entries, metadata)
+    return pieces(entries, metadata)
 
 
 def bfloat16_bits(a: np.ndarray) -> np.ndarray:

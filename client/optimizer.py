@@ -38,6 +38,7 @@ from typing import Any, Protocol, Self
 
 import torch
 
+from client._body import AnswerBuffer
 from client._client import Client
 from client._exceptions import APIResponseError, NotFoundError
 from client.types import STATE_DTYPES, CheckpointFile, SessionState, sha256_hex
@@ -295,6 +296,7 @@ class RemoteSession:
         self.reference = reference
         self.state_dtype = state_dtype
         self.session_id: str | None = None
+        self.answers = AnswerBuffer()  # the updates are applied before the next step reads into it
 
     def open(self, shapes: Shapes, state: OptimizerState | None) -> None:
         if state is None:
@@ -307,7 +309,7 @@ class RemoteSession:
         self.session_id = session.id
 
     def step(self, step: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        result = self.client.sessions.step(self.session_id, step=step, grads=grads)
+        result = self.client.sessions.step(self.session_id, step=step, grads=grads, into=self.answers)
         if result.step != step + 1:
             raise APIResponseError(f"the server answered step {step} with step count {result.step}, not {step + 1}")
         return {name: torch.from_numpy(u) for name, u in result.updates.items()}

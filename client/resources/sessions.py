@@ -13,6 +13,7 @@ once. The SDK does that by itself on connection errors, 429 and 5xx.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ import numpy as np
 from client import _constants as c
 from client import _safetensors
 from client._base import RequestOptions
+from client._body import AnswerBuffer, Pieces
 from client._exceptions import APIResponseError
 from client.resources._resource import AsyncResource, SyncResource, segment
 from client.types import Session, SessionState, StepResult
@@ -53,7 +55,8 @@ def _resume(state: SessionState | bytes, optimizer: str | None) -> RequestOption
                           params={"optimizer": optimizer} if optimizer else None)
 
 
-def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName) -> RequestOptions:
+def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName,
+          into: AnswerBuffer | None) -> RequestOptions:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be the number of steps the session has applied (an int >= 0), got {step!r}")
     path = f"{BASE}/{segment(session_id)}/step"
@@ -62,19 +65,20 @@ def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName) 
         return RequestOptions("POST", path, json=body, idempotent=True, session_id=session_id)
     if wire != "safetensors":
         raise ValueError(f"wire must be 'safetensors' or 'json', got {wire!r}")
-    body = _safetensors.dumps({name: as_array(g) for name, g in grads.items()}, {"step": str(step)})
+    body = Pieces(_safetensors.encode({name: as_array(g) for name, g in grads.items()}, {"step": str(step)}))
     return RequestOptions("POST", path, content=body, headers={"Content-Type": c.SAFETENSORS_TYPE},
-                          idempotent=True, session_id=session_id)
+                          idempotent=True, session_id=session_id, into=into or AnswerBuffer())
 
 
-def _step_result(response: httpx.Response) -> StepResult:
+def _step_result(response: httpx.Response, options: RequestOptions) -> StepResult:
+    body = options.into.view if options.into is not None else response.content
     try:
         if response.headers.get("content-type", "").startswith(c.JSON_TYPE):
-            doc = response.json()
+            doc = json.loads(bytes(body))
             return StepResult(int(doc["step"]), {name: np.asarray(u, dtype=np.float32)
                                                  for name, u in doc["updates"].items()})
-        # A writable copy, so callers may hand the arrays to torch.from_numpy without a warning.
-        meta, arrays = _safetensors.loads(bytearray(response.content))
+        # Writable (an AnswerBuffer is a bytearray), so callers may hand the arrays to torch.from_numpy.
+        meta, arrays = _safetensors.loads(body if options.into is not None else bytearray(body))
         return StepResult(int(meta["step"]), arrays)
     except (ValueError, KeyError, TypeError) as exc:
         raise APIResponseError(f"the step answer could not be read: {exc}", request=response.request) from exc
@@ -116,10 +120,13 @@ class Sessions(SyncResource):
         self._client.opened_session(session.id)
         return session
 
-    def step(self, session_id: str, *, step: int, grads: Mapping[str, Any],
-             wire: WireName = "safetensors") -> StepResult:
-        """Send every parameter's gradient; get back every parameter's update and the next step number."""
-        return _step_result(self._client.send(_step(session_id, step, grads, wire)))
+    def step(self, session_id: str, *, step: int, grads: Mapping[str, Any], wire: WireName = "safetensors",
+             into: AnswerBuffer | None = None) -> StepResult:
+        """Send every parameter's gradient; get back every parameter's update and the next step number.
+        `into`: read the answer into this buffer, step after step; the updates are then views of it,
+        valid until its next use (RemoteOptimizer keeps one per session)."""
+        options = _step(session_id, step, grads, wire, into)
+        return _step_result(self._client.send(options), options)
 
     def get(self, session_id: str) -> Session:
         return Session.from_json(self._client.json_of(self._client.send(_session(session_id))))
@@ -155,9 +162,10 @@ class AsyncSessions(AsyncResource):
         self._client.opened_session(session.id)
         return session
 
-    async def step(self, session_id: str, *, step: int, grads: Mapping[str, Any],
-                   wire: WireName = "safetensors") -> StepResult:
-        return _step_result(await self._client.send(_step(session_id, step, grads, wire)))
+    async def step(self, session_id: str, *, step: int, grads: Mapping[str, Any], wire: WireName = "safetensors",
+                   into: AnswerBuffer | None = None) -> StepResult:
+        options = _step(session_id, step, grads, wire, into)
+        return _step_result(await self._client.send(options), options)
 
     async def get(self, session_id: str) -> Session:
         return Session.from_json(self._client.json_of(await self._client.send(_session(session_id))))
