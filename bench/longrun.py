@@ -6,6 +6,8 @@ validation draws (never the held-out suite), for choosing between recipes and se
     python -m bench.longrun --merge a.json b.json [--json PATH]
     python -m bench.longrun --optimizer LATER=DIR --reuse a.json b.json ...   (runs only LATER)
     python -m bench.longrun --clean 1 ...   (the same draws, each teacher problem without noise: mixture clean=1)
+    python -m bench.longrun --merge bench/results/longrun-tuned.json bench/results/longrun-clean.json
+                            (the 13 problems recipes are chosen on: the optimizers both files hold)
 
 Each problem is a mixture draw from the validation split (seeds 10,000 + k, which meta-training's own
 validation does not use), with 2 instances. Reported per optimizer, beside Adam at 1e-3 and 3e-3 and
@@ -13,7 +15,8 @@ Adam tuned as the held-out suite tunes it (bench.generalization's grid, the best
 reported step on other instances of the same problem): the geometric mean over problems of (loss ÷ the
 better of the two Adams' loss) and of (loss ÷ tuned Adam's loss) at a few steps, and divergences (a
 non-finite loss, or one above the initial loss, at any recorded step). Against tuned Adam, validation
-asks what the held-out suite's targets ask.
+asks what the held-out suite's targets ask. "score" is the rule recipes are chosen by (README): ln of the
+geometric mean against tuned Adam at step 1,000 plus ln of it at the last step, lower is better.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_problems(args, report)
     else:
         parser.error("give --optimizer NAME=DIR (one or more) or --merge")
-    names = list(rows[0]["loss"])
+    names = [name for name in rows[0]["loss"] if all(name in r["loss"] for r in rows)]
     summary = {}
     for name in names:
         summary[name] = {
@@ -79,14 +82,17 @@ def main(argv: list[str] | None = None) -> int:
                 r["loss"][f"adam-{lr:g}"][str(t)] for lr in ADAM_LRS)),
             "geomean_vs_tuned_adam": geomean(rows, name, report, lambda r, t: r["loss"]["adam-tuned"][str(t)]),
             "divergences": sum(r["diverged"][name] for r in rows)}
+        tuned = summary[name]["geomean_vs_tuned_adam"]
+        if "1000" in tuned and report[-1] > 1000:
+            summary[name]["score"] = math.log(tuned["1000"]) + math.log(tuned[str(report[-1])])
     runs = sum(r["runs"] for r in rows)
     steps = "".join(f"{'step ' + str(t):>10}" for t in report)
     print(f"{'':<24}{'vs the better of Adam 1e-3, 3e-3':^{10 * len(report)}}  {'vs tuned Adam':^{10 * len(report)}}")
-    print(f"{'optimizer':<24}{steps}  {steps}{'diverged':>10}")
+    print(f"{'optimizer':<24}{steps}  {steps}{'diverged':>10}{'score':>8}")
     for name, s in summary.items():
         print(f"{name:<24}" + "".join(f"{s['geomean_vs_best_adam'][str(t)]:>10.3g}" for t in report) + "  "
               + "".join(f"{s['geomean_vs_tuned_adam'][str(t)]:>10.3g}" for t in report)
-              + f"{s['divergences']:>7}/{runs}")
+              + f"{s['divergences']:>7}/{runs}" + (f"{s['score']:>8.3f}" if "score" in s else ""))
     print(f"{len(rows)} validation problems, {time.perf_counter() - began:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"command": "python -m bench.longrun " + " ".join(

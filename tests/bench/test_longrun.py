@@ -86,3 +86,21 @@ def test_clean_draws_rerun_the_baselines_of_the_problems_they_change_only(tmp_pa
     assert after[0]["spec"]["clean"] is True and "clean" not in before[0]["spec"]
     assert after[0]["loss"]["adam-tuned"] != before[0]["loss"]["adam-tuned"]
     assert after[1] == before[1]
+
+
+def test_merging_the_standing_and_clean_files_scores_what_both_hold_by_the_recipe_rule(tmp_path):
+    def row(k: int, losses: dict[str, float]) -> dict:
+        loss = {name: {t: v * f for t, f in (("100", 4.0), ("1000", 2.0), ("5000", 1.0))} for name, v in losses.items()}
+        return {"problem": k, "runs": 2, "loss": loss, "diverged": {name: 0 for name in losses}}
+
+    adams = {"adam-0.001": 2.0, "adam-0.003": 1.5, "adam-tuned": 1.0}
+    standing, clean, merged = (tmp_path / f"{n}.json" for n in ("standing", "clean", "merged"))
+    standing.write_text(json.dumps({"problems": [row(0, {**adams, "a": 3.0, "b": 9.0}),
+                                                 row(1, {**adams, "a": 0.5, "b": 1.0})]}))
+    clean.write_text(json.dumps({"problems": [row(0, {**adams, "a": 2.0})]}))
+    assert longrun.main(["--merge", str(standing), str(clean), "--json", str(merged)]) == 0
+    summary = json.loads(merged.read_text())["summary"]
+    assert set(summary) == {*adams, "a"}   # b is not in every problem: not scored
+    gm = (3.0 * 0.5 * 2.0) ** (1 / 3)      # the same ratio to tuned Adam at every step
+    assert math.isclose(summary["a"]["score"], 2 * math.log(gm), rel_tol=1e-12)
+    assert summary["adam-tuned"]["score"] == 0.0
