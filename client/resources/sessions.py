@@ -59,26 +59,27 @@ def _step(session_id: str, step: int, grads: Mapping[str, Any], wire: WireName,
           into: AnswerBuffer | None) -> RequestOptions:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be the number of steps the session has applied (an int >= 0), got {step!r}")
-    path = f"{BASE}/{segment(session_id)}/step"
+    path, into = f"{BASE}/{segment(session_id)}/step", into or AnswerBuffer()
     if wire == "json":
         body = {"step": step, "grads": {name: as_array(g).tolist() for name, g in grads.items()}}
-        return RequestOptions("POST", path, json=body, idempotent=True, session_id=session_id)
+        return RequestOptions("POST", path, json=body, idempotent=True, session_id=session_id, into=into)
     if wire != "safetensors":
         raise ValueError(f"wire must be 'safetensors' or 'json', got {wire!r}")
     body = Pieces(_safetensors.encode({name: as_array(g) for name, g in grads.items()}, {"step": str(step)}))
     return RequestOptions("POST", path, content=body, headers={"Content-Type": c.SAFETENSORS_TYPE},
-                          idempotent=True, session_id=session_id, into=into or AnswerBuffer())
+                          idempotent=True, session_id=session_id, into=into)
 
 
 def _step_result(response: httpx.Response, options: RequestOptions) -> StepResult:
-    body = options.into.view if options.into is not None else response.content
+    assert options.into is not None  # every step reads its answer into a buffer (_step)
+    body = options.into.view
     try:
         if response.headers.get("content-type", "").startswith(c.JSON_TYPE):
             doc = json.loads(bytes(body))
             return StepResult(int(doc["step"]), {name: np.asarray(u, dtype=np.float32)
                                                  for name, u in doc["updates"].items()})
         # Writable (an AnswerBuffer is a bytearray), so callers may hand the arrays to torch.from_numpy.
-        meta, arrays = _safetensors.loads(body if options.into is not None else bytearray(body))
+        meta, arrays = _safetensors.loads(body)
         return StepResult(int(meta["step"]), arrays)
     except (ValueError, KeyError, TypeError) as exc:
         raise APIResponseError(f"the step answer could not be read: {exc}", request=response.request) from exc

@@ -220,9 +220,10 @@ class JobSpec(_Strict):
     def optimizer_config(self) -> OptimizerConfig:
         """The config the published checkpoint carries, with what it was trained on as provenance."""
         # Where it ran (the device) is not part of what was trained, so it is left out.
-        unset = {"eval_seed"} if self.training.eval_seed is None else set()  # as MetaTrainSettings.to_dict
+        settings = self.training.settings("cpu").to_dict()
+        del settings["device"]
         return self.optimizer.config({"family": self.family.name, "params": self.family.params,
-                                      "settings": self.training.model_dump(exclude=unset)})
+                                      "settings": settings})
 
 
 class EvaluationRequest(_Strict):

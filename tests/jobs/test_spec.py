@@ -36,6 +36,8 @@ def test_the_checkpoint_config_records_what_it_was_trained_on():
     assert set(config.trained_on["settings"]) == trained and config.trained_on["settings"]["iterations"] == 7
     seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"eval_seed": 3})})
     assert seeded.optimizer_config().trained_on["settings"]["eval_seed"] == 3
+    with pytest.raises(ValidationError, match="training.eval_seed"):
+        JobSpec(name="p", training={"eval_seed": -1})
 
 
 def test_a_stored_spec_reads_back_the_same():
