@@ -50,6 +50,8 @@ SETTING_HELP = {
     "max_horizon": "draw each iteration's horizon log-uniformly from --horizon to this (default: always --horizon)",
     "eval_problems": "validation problems (a mixture draws several)",
     "eval_seed": "draw the validation problems from this seed (default: --seed), the same for every seed of a recipe",
+    "problems_per_iteration": "problems drawn per iteration, each of --instances instances; every meta-step averages "
+                              "their meta-gradients",
 }
 
 

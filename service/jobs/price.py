@@ -104,13 +104,16 @@ def estimate(spec: JobSpec) -> Price:
         kept = t.unroll * kept_per_step(s) + resident(s)
     per_instance = f.data + (t.unroll + 1) * f.activations
     validation = coords(t.eval_instances) * (s + 8) + t.eval_instances * (f.data + f.activations)
-    training_bytes = FLOAT_BYTES * (coords(t.instances) * kept + t.instances * per_instance + validation)
+    # One problem's graph is held at a time; the others' parameters and state wait between their unrolls.
+    waiting = (t.problems_per_iteration - 1) * coords(t.instances) * (config.state_floats_per_coord + 1)
+    training_bytes = FLOAT_BYTES * (coords(t.instances) * kept + t.instances * per_instance + validation + waiting)
     evaluation_bytes, evaluation_flops = _evaluation(f, config, ev, spec.eval_steps, t.eval_instances)
 
     # Each step: the optimizee's loss and gradient, the optimizer's forward and backward over every coordinate.
     validations = math.ceil(t.iterations / t.eval_every)
     horizon = t.max_horizon or t.horizon  # the longest an iteration can draw
-    training_flops = (t.iterations * horizon * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
+    training_flops = (t.iterations * t.problems_per_iteration * horizon
+                      * (t.instances * f.flops + 3 * coords(t.instances) * lopt)
                       + validations * horizon * t.eval_problems
                       * (t.eval_instances * f.flops + coords(t.eval_instances) * lopt))
     return Price(training_bytes, evaluation_bytes, float(training_flops), evaluation_flops)

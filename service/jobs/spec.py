@@ -138,6 +138,8 @@ class TrainingSpec(_Strict):
     eval_problems: int = Field(default=_TRAIN.eval_problems, ge=1, le=64, description="validation problems")
     eval_seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
                                   description="seed of the validation draws; default: the training seed")
+    problems_per_iteration: int = Field(default=1, ge=1, le=64,
+                                        description="problems per iteration; each meta-step averages their gradients")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:

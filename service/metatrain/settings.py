@@ -38,6 +38,9 @@ class MetaTrainSettings:
     # Validation draws come from this seed instead of the run's, so that every seed of one recipe picks its
     # checkpoint on the same problems (recipe v9's six seeds each chose on their own draws).
     eval_seed: int | None = None
+    # Problems drawn per iteration, each of `instances` instances; every meta-step averages their meta-gradients,
+    # so that one step does not follow whichever single problem (a quadratic, a convnet) the iteration drew.
+    problems_per_iteration: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -58,6 +61,7 @@ class MetaTrainSettings:
              "max_horizon must be in horizon..100000"),
             (1 <= self.eval_problems <= 64, "eval_problems must be in 1..64"),
             (self.eval_seed is None or 0 <= self.eval_seed < 2**31, "eval_seed must be in 0..2147483647"),
+            (1 <= self.problems_per_iteration <= 64, "problems_per_iteration must be in 1..64"),
         ]
         for ok, message in checks:
             if not ok:
@@ -78,6 +82,11 @@ class MetaTrainSettings:
         drawn = math.exp(rng.uniform(math.log(self.horizon), math.log(self.max_horizon)))
         return max(self.unroll, int(drawn) // self.unroll * self.unroll)
 
+    def problem_seed(self, iteration: int, k: int) -> int:
+        """The draw of problem `k` of 0-based `iteration`; problem 0 is what a one-problem run draws."""
+        first = self.seed * 1_000_033 + iteration
+        return first if k == 0 else (first * 64 + k) * 1_000_037
+
     @property
     def validation_seed(self) -> int:
         return self.seed if self.eval_seed is None else self.eval_seed
@@ -87,8 +96,11 @@ class MetaTrainSettings:
         return self.max_horizon or self.horizon
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting; eval_seed only when set, so that runs without it record what they did before it."""
+        """Every setting; eval_seed and problems_per_iteration only when set, so that runs without them record
+        what they did before them."""
         out = asdict(self)
         if out["eval_seed"] is None:
             del out["eval_seed"]
+        if out["problems_per_iteration"] == 1:
+            del out["problems_per_iteration"]
         return out

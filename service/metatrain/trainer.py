@@ -108,42 +108,53 @@ def meta_train(family: TaskFamily, config: OptimizerConfig, settings: MetaTrainS
                 save(it)  # a stop loses no finished iteration
             raise MetaTrainingStopped(f"stopped before iteration {it + 1}")
         # Each iteration draws fresh instances from a seed of its own, so a resumed run sees the same ones.
-        batch = family.sample(settings.instances, settings.seed * 1_000_033 + it, "train", device=device)
+        batches = [family.sample(settings.instances, settings.problem_seed(it, k), "train", device=device)
+                   for k in range(settings.problems_per_iteration)]
         for group in meta_opt.param_groups:
             group["lr"] = settings.meta_lr_at(it)
-        theta = batch.init_params()
-        traj = Trajectory(theta, init(config, theta.numel(), device=device), 0)
-        total = 0.0
-        horizon = settings.horizon_at(it)
-        n_unrolls = horizon // settings.unroll
-        for _ in range(n_unrolls):
-            meta_loss, traj = run_unroll(config, net.weights(), batch, traj, settings.unroll, settings.meta_loss)
-            if not torch.isfinite(meta_loss) and settings.meta_loss != "sum":
-                n_unrolls = max(1, traj.step // settings.unroll - 1)
-                break  # this problem diverged under the current weights: drop the rest of its trajectory
-            if not torch.isfinite(meta_loss):
-                raise MetaTrainingDiverged(
-                    f"meta-loss became {float(meta_loss.detach())} at iteration {it + 1}, optimizee step {traj.step}; "
-                    "try a lower meta_lr or output scale")
+        trajs = {}
+        for k, batch in enumerate(batches):
+            theta = batch.init_params()
+            trajs[k] = Trajectory(theta, init(config, theta.numel(), device=device), 0)
+        total, unrolls = 0.0, 0
+        for _ in range(settings.horizon_at(it) // settings.unroll):
             meta_opt.zero_grad(set_to_none=True)
-            meta_loss.backward()
+            losses = []
+            for k in list(trajs):
+                meta_loss, traj = run_unroll(config, net.weights(), batches[k], trajs[k], settings.unroll,
+                                             settings.meta_loss)
+                if not torch.isfinite(meta_loss) and settings.meta_loss == "sum":
+                    raise MetaTrainingDiverged(
+                        f"meta-loss became {float(meta_loss.detach())} at iteration {it + 1}, optimizee step "
+                        f"{traj.step}; try a lower meta_lr or output scale")
+                if not torch.isfinite(meta_loss):
+                    # This problem diverged under the current weights: drop the rest of its trajectory.
+                    steps_done += traj.step * settings.instances
+                    del trajs[k]
+                    continue
+                # Backward per problem keeps one problem's graph in memory at a time; the gradients add up.
+                (meta_loss / len(batches)).backward()
+                trajs[k] = traj.detach()
+                losses.append(float(meta_loss.detach()) / (settings.unroll if settings.meta_loss == "sum" else 1))
+            if not losses:
+                break
             torch.nn.utils.clip_grad_norm_(net.parameters(), settings.grad_clip)
             meta_opt.step()
-            traj = traj.detach()
-            total += float(meta_loss.detach()) / (settings.unroll if settings.meta_loss == "sum" else 1)
-        steps_done += traj.step * settings.instances
+            total += sum(losses) / len(losses)
+            unrolls += 1
+        steps_done += sum(traj.step for traj in trajs.values()) * settings.instances
         eval_loss = None
         if (it + 1) % settings.eval_every == 0 or it + 1 == settings.iterations:
             eval_loss = _validation_loss(config, net.weights(), family, settings)
             if eval_loss < best_eval or not math.isfinite(best_eval):
                 best_eval = eval_loss
                 best_weights = {k: v.detach().clone() for k, v in net.weights().items()}
-        record = {"iteration": it + 1, "meta_loss": total / n_unrolls}
+        record = {"iteration": it + 1, "meta_loss": total / max(1, unrolls)}
         if eval_loss is not None:
             record["eval_loss"] = eval_loss
         history.append(record)
         if progress is not None:
-            progress(Progress(it + 1, settings.iterations, total / n_unrolls, eval_loss,
+            progress(Progress(it + 1, settings.iterations, record["meta_loss"], eval_loss,
                               time.perf_counter() - began))
         # The last iteration too: a job stopped while evaluating resumes there, without training again.
         if on_resume_checkpoint is not None and ((it + 1) % settings.resume_every == 0
