@@ -31,11 +31,17 @@ def test_the_checkpoint_config_records_what_it_was_trained_on():
     config = spec.optimizer_config()
     assert config.trained_on["family"] == "mlp"
     assert config.trained_on["params"] == {"hidden_sizes": [8], "activation": "sigmoid", "batch_size": 128}
-    # eval_seed only when set: a run without it records the settings runs recorded before it existed
-    trained = {f.name for f in dataclasses.fields(MetaTrainSettings)} - {"device", "eval_seed"}
+    # eval_seed and problems_per_iteration only when set: a run without them records the settings runs
+    # recorded before they existed
+    trained = {f.name for f in dataclasses.fields(MetaTrainSettings)} - {"device", "eval_seed",
+                                                                        "problems_per_iteration"}
     assert set(config.trained_on["settings"]) == trained and config.trained_on["settings"]["iterations"] == 7
     seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"eval_seed": 3})})
     assert seeded.optimizer_config().trained_on["settings"]["eval_seed"] == 3
+    several = spec.model_copy(update={"training": spec.training.model_copy(update={"problems_per_iteration": 4})})
+    assert several.optimizer_config().trained_on["settings"]["problems_per_iteration"] == 4
+    with pytest.raises(ValidationError, match="training.problems_per_iteration"):
+        JobSpec(name="p", training={"problems_per_iteration": 0})
     with pytest.raises(ValidationError, match="training.eval_seed"):
         JobSpec(name="p", training={"eval_seed": -1})
 
