@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import anyio
@@ -47,10 +47,16 @@ KEEPALIVE_S = 15.0
 
 @router.post("", status_code=201)
 async def submit(spec: JobSpec, request: Request, response: Response, db: DbSession, key: TrainKey) -> JobOut:
+    return await queue(request, response, db, lambda limits: jobs.submit(db, key, spec, limits))
+
+
+async def queue(request: Request, response: Response, db: Session, submit: Callable[[JobLimits], Job]) -> JobOut:
+    """Commit the job `submit` makes under the server's limits, hand it to the executor, and answer it
+    with its Location: what every route that queues a job does."""
     limits = JobLimits.from_settings(request.app.state.settings)
 
     def create() -> JobOut:
-        job = jobs.submit(db, key, spec, limits)
+        job = submit(limits)
         db.commit()
         return JobOut.of(job)
 

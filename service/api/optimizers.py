@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -17,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.body import read_body
 from service.api.deps import AdminKey, AppSettings, CurrentKey, DbSession, TrainKey, VersionInUseCheck
 from service.api.job_schemas import JobOut
+from service.api.jobs import queue
 from service.api.schemas import (
     MAX_DB_INT,
     AliasOut,
@@ -30,14 +30,10 @@ from service.api.schemas import (
 )
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationError
 from service.jobs import service as jobs
-from service.jobs.executor import Executor
-from service.jobs.price import JobLimits
 from service.jobs.spec import EvaluationRequest
 from service.registry import service as registry
 from service.registry.models import KeyGrant
 from service.registry.names import NAME_RE, check_name
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/optimizers", tags=["optimizers"])
 
@@ -120,21 +116,8 @@ async def evaluate_version(name: str, version: VersionNumber, request: Request, 
     """Queue a job that evaluates this version against the tuned baselines and attaches the report to it
     as its evaluation (replacing any before it). The same keys as for editing the name; the answer is the
     queued job (follow it under /v1/jobs)."""
-    limits = JobLimits.from_settings(request.app.state.settings)
-
-    def create() -> JobOut:
-        job = jobs.submit_evaluation(db, key, name, version, body or EvaluationRequest(), limits)
-        db.commit()
-        return JobOut.of(job)
-
-    out = await run_in_threadpool(create)
-    executor: Executor = request.app.state.jobs
-    try:
-        await executor.dispatch(out.id)
-    except Exception:
-        log.exception("job %s: dispatch failed; it will be picked up by the next sweep", out.id)
-    response.headers["Location"] = f"/v1/jobs/{out.id}"
-    return out
+    return await queue(request, response, db, lambda limits: jobs.submit_evaluation(
+        db, key, name, version, body or EvaluationRequest(), limits))
 
 
 @router.get("/{name}/versions/{version}/checkpoint", response_class=Response,
