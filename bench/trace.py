@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.generalization import run
 from bench.longrun import SEED_BASE, tune_adam
 from service.lopt import Checkpoint, init, step
 from service.lopt import feature_mlp as fm
@@ -30,27 +31,26 @@ ADAM_FLOOR = 1e-3   # coordinates where Adam's own direction is smaller say litt
 
 
 def trace(ckpt: Checkpoint, batch, points: list[int]) -> list[dict]:
-    """One row per point: the loss there, and the effective learning rate of the step that led to it."""
+    """One row per point: the loss there, and the effective learning rate of the step that led to it.
+    The run is bench.generalization's, with the rule's state read after every step."""
     if ckpt.config.architecture != "feature_mlp":
         raise SystemExit("bench.trace reads Adam's moments from the rule's state: feature_mlp checkpoints only")
     weights = {k: v.detach() for k, v in ckpt.weights.items()}
-    theta = batch.init_params()
-    state = init(ckpt.config, theta.numel())
-    rows, last = [], None
-    for t in range(points[-1] + 1):
-        if t in points:
-            with torch.no_grad():
-                loss = float(batch.eval_loss(theta).mean())
-            rows.append({"step": t, "loss": loss, **(last or {})})
-        if t == points[-1]:
-            break
-        theta = theta.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(batch.loss(theta, t).sum(), theta)
-        with torch.no_grad():
+    after: list[dict[str, float]] = []   # after[t - 1]: the t-th step's effective learning rate
+
+    def make(theta0: torch.Tensor):
+        state = init(ckpt.config, theta0.numel())
+
+        def advance(theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+            nonlocal state
             updates, state = step(ckpt.config, weights, grad.reshape(-1), state)
-            theta = theta.detach() + updates.view_as(theta)
-            last = effective_lr(updates, state.hc)
-    return rows
+            after.append(effective_lr(updates, state.hc))
+            return theta + updates.view_as(theta)
+        return advance
+
+    losses = run(batch, make, points)
+    return [{"step": t, "loss": float(loss.mean()), **(after[t - 1] if 0 < t <= len(after) else {})}
+            for t, loss in zip(points, losses, strict=True)]
 
 
 def effective_lr(updates: torch.Tensor, hc: torch.Tensor) -> dict[str, float]:
